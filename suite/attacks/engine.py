@@ -1,0 +1,99 @@
+"""Gradient attacks on an adapter's attack surface: one PGD engine for training and evaluation.
+
+Written here rather than taken from torchattacks because it must perturb whatever surface the
+modality adapter exposes (pixels, feature vectors, text input embeddings, with a mask and with or
+without a box), and because torchattacks pins an old `requests`. FGSM is PGD with one step of size
+eps and no random start; FGSM with random start (Wong et al. 2020) is one step from a random point.
+"""
+from __future__ import annotations
+
+import torch
+
+from suite.modalities.base import Adapter
+
+
+def _per_example_norm(v: torch.Tensor) -> torch.Tensor:
+    """l2 norm of each example, shaped to broadcast against v."""
+    n = v.flatten(1).norm(p=2, dim=1)
+    return n.view(-1, *([1] * (v.dim() - 1)))
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        n = _per_example_norm(delta)
+        return delta * torch.clamp(eps / (n + 1e-12), max=1.0)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / (_per_example_norm(grad) + 1e-12)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def random_start(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform in the linf ball; uniform in the l2 ball (direction ~ Gaussian, radius ~ U^(1/d))."""
+    if norm == "linf":
+        return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    d = x[0].numel()
+    r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
+    return g / (_per_example_norm(g) + 1e-12) * eps * r.pow(1.0 / d)
+
+
+def _constrain(x0, delta, norm, eps, mask, bounds):
+    if mask is not None:
+        delta = delta * mask
+    delta = project(delta, norm, eps)
+    if bounds is not None:
+        delta = (x0 + delta).clamp(*bounds) - x0
+    return delta
+
+
+def pgd(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    batch,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_init: bool = True,
+) -> torch.Tensor:
+    """Maximise the adapter's loss over the surface within the `norm` ball of radius `eps`.
+
+    Returns the adversarial surface tensor (detached). With eps == 0 it returns the clean surface
+    exactly. The model's mode is left as it is: AT attacks in train mode (callers freeze BatchNorm
+    statistics), evaluation attacks in eval mode.
+    """
+    x0 = adapter.surface(model, batch).detach()
+    if eps == 0 or steps == 0:
+        return x0
+    mask = adapter.surface_mask(batch)
+    bounds = adapter.bounds
+    if random_init:
+        delta = _constrain(x0, random_start(x0, norm, eps), norm, eps, mask, bounds)
+    else:
+        delta = torch.zeros_like(x0)
+    # Parameter gradients are not needed here; only the surface's.
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            out = adapter.forward_surface(model, batch, x0 + delta)
+            loss = adapter.loss(out, batch, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = delta + step_size * ascent_direction(grad, norm)
+                delta = _constrain(x0, delta, norm, eps, mask, bounds)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return (x0 + delta).detach()

@@ -1,0 +1,86 @@
+"""The modality adapter contract: how a batch looks, its loss and metric, and its attack surface.
+
+Methods and attacks never look inside a batch; they go through an adapter. The *attack surface* is
+the tensor that adversarial training and gradient attacks perturb: pixels in [0, 1] for images,
+input embeddings for text. `surface()` returns it (detached), `forward_surface()` runs the model
+with a perturbed surface in place of the clean one, `bounds` is the box the surface must stay in
+(None if unbounded) and `surface_mask()` says which coordinates may be perturbed (None = all).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Adapter:
+    name: str = "base"
+    metric: str = "accuracy"  # what `correct` averages to
+    bounds: tuple[float, float] | None = None
+
+    def __init__(self, task: Any = None):
+        self.task = task
+
+    # --- batches -------------------------------------------------------------------------------
+    def to_device(self, batch: Any, device: torch.device | str) -> Any:
+        raise NotImplementedError
+
+    def batch_size(self, batch: Any) -> int:
+        raise NotImplementedError
+
+    def subset(self, batch: Any, index: torch.Tensor) -> Any:
+        """The examples of `batch` at `index` (a 1-D LongTensor), as a batch."""
+        raise NotImplementedError
+
+    # --- model, loss, metric -------------------------------------------------------------------
+    def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, batch: Any, reduction: str = "mean") -> torch.Tensor:
+        raise NotImplementedError
+
+    def correct(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Per-example bool tensor: is the prediction right?"""
+        raise NotImplementedError
+
+    # --- attack surface ------------------------------------------------------------------------
+    def surface(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_surface(self, model: nn.Module, batch: Any, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def surface_mask(self, batch: Any) -> torch.Tensor | None:
+        return None
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class frozen_bn_stats:
+    """Forward passes inside this context use batch statistics (train mode) but leave BatchNorm
+    running statistics untouched.
+
+    The suite's documented choice: running statistics are updated exactly once per training step,
+    by the pass at the current weights on the clean (ST, SAM) or final adversarial (AT) batch. The
+    extra passes of SAM (at perturbed weights) and of the AT inner attack must not move them.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.bns = batch_norms(model)
+
+    def __enter__(self):
+        self.saved = [(bn, bn.momentum, bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None)
+                      for bn in self.bns]
+        for bn in self.bns:
+            bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch_stat
+        return self
+
+    def __exit__(self, *exc):
+        for bn, momentum, nbt in self.saved:
+            bn.momentum = momentum
+            if nbt is not None:
+                bn.num_batches_tracked.copy_(nbt)
+        return False

@@ -1,0 +1,205 @@
+"""Run records: one JSON file per run, validated when written and when loaded.
+
+The run id is a hash of everything that determines the result (task and its version, model option,
+method and its resolved parameters, training settings, evaluation suite, seed), so `run` and
+`sweep` skip runs already recorded. Provenance (versions, git commit, data fingerprint, hardware)
+is recorded but not hashed: it describes a result, it does not select one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from suite.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_id(identity: dict) -> str:
+    return hashlib.sha256(canonical(identity).encode()).hexdigest()[:16]
+
+
+def git_info() -> dict:
+    """Commit and dirty flag of the suite's own checkout (None when not installed from one)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def provenance(data_fingerprint: str = "") -> dict:
+    import importlib.metadata as md
+
+    import numpy
+    import torch
+
+    import suite
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for pkg in ("transformers", "tokenizers", "textattack", "scikit-learn", "torchvision"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    g = git_info()
+    return {
+        "suite_version": suite.__version__,
+        "git_commit": g["commit"],
+        "git_dirty": g["dirty"],
+        "versions": versions,
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+# --- validation ------------------------------------------------------------------------------------
+_NUM = (int, float)
+
+# key -> (type or tuple of types, required)
+_TOP = {
+    "schema": (int, True), "run_id": (str, True), "status": (str, True), "error": ((str, type(None)), True),
+    "task": (dict, True), "method": (dict, True), "train": (dict, True), "seed": (int, True),
+    "evaluation": (dict, True), "metrics": ((dict, type(None)), True), "cost": (dict, True),
+    "provenance": (dict, True), "model": ((str, type(None)), False), "extra": (dict, False),
+    "history": (list, False),
+}
+
+
+class RecordError(UserError):
+    pass
+
+
+def validate(rec: Any, where: str = "record") -> dict:
+    def fail(msg):
+        raise RecordError(f"{where}: invalid run record: {msg}")
+
+    if not isinstance(rec, dict):
+        fail("not a JSON object")
+    for key, (kind, required) in _TOP.items():
+        if key not in rec:
+            if required:
+                fail(f"missing {key!r}")
+            continue
+        if isinstance(rec[key], bool) and kind is int:
+            fail(f"{key!r} must be an integer")
+        if not isinstance(rec[key], kind):
+            fail(f"{key!r} has type {type(rec[key]).__name__}")
+    if rec["schema"] != SCHEMA_VERSION:
+        fail(f"schema {rec['schema']} is not {SCHEMA_VERSION}")
+    if rec["status"] not in ("complete", "failed"):
+        fail(f"status {rec['status']!r} is not 'complete' or 'failed'")
+    for key in ("name", "version", "modality"):
+        if not isinstance(rec["task"].get(key), str):
+            fail(f"task.{key} must be a string")
+    if not isinstance(rec["method"].get("name"), str) or not isinstance(rec["method"].get("params"), dict):
+        fail("method needs a name (string) and params (object)")
+    if rec["status"] == "complete":
+        m = rec["metrics"]
+        if m is None:
+            fail("a complete run needs metrics")
+        if not isinstance(m.get("clean"), _NUM) or isinstance(m.get("clean"), bool):
+            fail("metrics.clean must be a number")
+        if not isinstance(m.get("n"), int):
+            fail("metrics.n must be an integer")
+        for a in m.get("attacks", []):
+            if not isinstance(a.get("label"), str) or not isinstance(a.get("accuracy"), _NUM):
+                fail("each metrics.attacks entry needs a label and a numeric accuracy")
+        if m.get("worst_case") is not None and not isinstance(m["worst_case"], _NUM):
+            fail("metrics.worst_case must be a number or null")
+    elif not rec["error"]:
+        fail("a failed run needs its error")
+    _no_strings_for_numbers(rec.get("metrics") or {}, "metrics", fail)
+    return rec
+
+
+def _no_strings_for_numbers(obj, path, fail):
+    """Numbers are numbers: a metric value that is a numeric-looking string is rejected."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _no_strings_for_numbers(v, f"{path}.{k}", fail)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _no_strings_for_numbers(v, f"{path}[{i}]", fail)
+    elif isinstance(obj, str) and not path.endswith(("label", "name", "metric", "norm", "device")):
+        try:
+            float(obj)
+        except ValueError:
+            return
+        fail(f"{path} is the string {obj!r}; numbers must be JSON numbers")
+
+
+def _clean_floats(obj):
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+# --- store -----------------------------------------------------------------------------------------
+class RecordStore:
+    """Records live at <root>/records/<task>/<run_id>.json."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, task: str, rid: str) -> Path:
+        return self.root / "records" / task / f"{rid}.json"
+
+    def exists(self, task: str, rid: str) -> bool:
+        p = self.path(task, rid)
+        if not p.exists():
+            return False
+        try:
+            return self.read(p)["status"] == "complete"
+        except RecordError:
+            return False
+
+    def read(self, path: Path) -> dict:
+        try:
+            rec = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RecordError(f"{path}: cannot read run record: {e}") from None
+        return validate(rec, str(path))
+
+    def write(self, rec: dict) -> Path:
+        rec = validate(_clean_floats(rec))
+        p = self.path(rec["task"]["name"], rec["run_id"])
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, p)
+        return p
+
+    def load(self, task: str | None = None) -> list[dict]:
+        base = self.root / "records"
+        if not base.exists():
+            return []
+        dirs = [base / task] if task else sorted(d for d in base.iterdir() if d.is_dir())
+        out = []
+        for d in dirs:
+            for f in sorted(d.glob("*.json")):
+                out.append(self.read(f))
+        return out
