@@ -61,11 +61,13 @@ def evaluate(
     for i, attack in enumerate(built):
         done, robust = state["done"][i], state["robust"][i]
         extra_acc: dict[str, float] = state["extra"][i]
-        torch.manual_seed(seed + 7919 * (i + 1))  # random starts: reproducible per attack
         for b, batch in enumerate(_batches(dataset, batch_size, collate)):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
             if done[lo:hi].all():
                 continue
+            # random starts: seeded per (attack, batch), so a resumed evaluation draws the same
+            # numbers for the batches it still has to run as an uninterrupted one would
+            torch.manual_seed(seed + 7919 * (i + 1) + 1_000_003 * b)
             batch = adapter.to_device(batch, device)
             correct = state["clean"][lo:hi]
             idx = torch.nonzero(correct).flatten()

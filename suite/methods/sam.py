@@ -109,7 +109,10 @@ class ESAM(_AscentMethod):
     }
 
     def cost(self) -> float:
-        # first forward-backward, a forward at w + e to rank examples, a second pass on gamma of them
+        # first forward-backward, a forward at w + e to rank examples, a second pass on gamma of them;
+        # with gamma = 1 no ranking forward is run (the step is SAM's)
+        if self.p["gamma"] >= 1.0:
+            return 2.0
         return 1.0 + 1.0 / 3.0 + self.p["gamma"]
 
     def train_step(self, model, batch, optimizer, adapter):

@@ -45,7 +45,10 @@ class ImageClassification(Adapter):
         return model(batch[0])
 
     def loss(self, output, batch, reduction="mean"):
-        return F.cross_entropy(output.float(), batch[1], reduction=reduction)
+        # half-precision (AMP) logits are upcast; float64 ones are kept, not rounded to float32
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()
+        return F.cross_entropy(output, batch[1], reduction=reduction)
 
     def correct(self, output, batch):
         return output.argmax(dim=1) == batch[1]
