@@ -1,0 +1,119 @@
+"""Run records (schema, round trip, validation on load) and leaderboards (a pure, deterministic view)."""
+import copy
+import json
+
+import pytest
+
+from suite.config import ReportedRow, Task
+from suite.leaderboard import build_rows, plot, render
+from suite.records import RecordError, RecordStore, run_id, validate
+from suite.registry import TASKS
+
+
+def make_record(method="st", params=None, seed=0, clean=90.0, attacks=(("PGD-10 linf 8/255", 40.0),),
+                train_time=10.0, label=None):
+    params = params or {}
+    ident = {"task": "digits", "method": method, "params": params, "seed": seed}
+    return {
+        "schema": 1, "run_id": run_id(ident), "status": "complete", "error": None,
+        "task": {"name": "digits", "version": "1", "modality": "image"}, "model": None,
+        "method": {"name": method, "params": params, "label": label or method.upper()},
+        "train": {"epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "schedule": "step"},
+        "seed": seed, "evaluation": {"attacks": [{"name": "pgd", "eps": 8 / 255}], "n_examples": 0},
+        "metrics": {"metric": "accuracy", "n": 359, "clean": clean,
+                    "attacks": [{"name": "pgd", "label": lbl, "params": {}, "accuracy": acc, "n": 359}
+                                for lbl, acc in attacks],
+                    "worst_case": min([acc for _, acc in attacks] + [clean]), "eval_time_s": 1.0},
+        "cost": {"train_time_s": train_time, "steps": 100, "passes_per_step": 1.0, "device": "cpu"},
+        "provenance": {"date": f"2026-01-0{seed + 1}"},
+    }
+
+
+def test_round_trip(tmp_path):
+    store = RecordStore(tmp_path)
+    rec = make_record()
+    path = store.write(rec)
+    assert path == tmp_path / "records" / "digits" / f"{rec['run_id']}.json"
+    assert store.read(path) == rec
+    assert store.load("digits") == [rec]
+    assert store.exists("digits", rec["run_id"]) and not store.exists("digits", "nope")
+
+
+def test_run_id_depends_on_every_setting_and_not_on_key_order():
+    a = {"task": "digits", "method": "sam", "params": {"rho": 0.1}, "seed": 0}
+    b = {"seed": 0, "params": {"rho": 0.1}, "method": "sam", "task": "digits"}
+    assert run_id(a) == run_id(b)
+    assert run_id(a) != run_id({**a, "seed": 1})
+    assert run_id(a) != run_id({**a, "params": {"rho": 0.2}})
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.pop("seed"), "missing 'seed'"),
+    (lambda r: r["metrics"].update(clean="90.0"), "clean must be a number"),
+    (lambda r: r["metrics"]["attacks"][0].update(accuracy="40"), "numeric accuracy"),
+    (lambda r: r.update(schema=99), "schema 99"),
+    (lambda r: r.update(status="done"), "status"),
+    (lambda r: r.update(seed=True), "'seed' must be an integer"),
+    (lambda r: r["metrics"].update(eval_time_s="1.5"), "numbers must be JSON numbers"),
+])
+def test_invalid_records_are_rejected_on_load(tmp_path, mutate, message):
+    rec = make_record()
+    mutate(rec)
+    path = tmp_path / "records" / "digits" / "bad.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rec))
+    with pytest.raises(RecordError, match=message):
+        RecordStore(tmp_path).load("digits")
+
+
+def test_failed_record_needs_its_error():
+    rec = make_record()
+    rec.update(status="failed", metrics=None)
+    with pytest.raises(RecordError, match="needs its error"):
+        validate(rec)
+    rec["error"] = "RuntimeError: boom"
+    assert validate(rec)["status"] == "failed"
+
+
+def test_seeds_aggregate_and_rows_sort_by_worst_case():
+    recs = [make_record("st", seed=s, clean=90 + s, attacks=(("A", 10.0 + s),)) for s in range(3)]
+    recs += [make_record("sam", {"rho": 0.1}, seed=0, clean=91, attacks=(("A", 30.0),), train_time=20.0,
+                         label="SAM rho=0.1")]
+    rows = build_rows(recs)
+    assert [r.label for r in rows] == ["SAM rho=0.1", "ST"]
+    assert len(rows[1].records) == 3 and rows[1].clean == [90, 91, 92]
+    md = render(TASKS.get("digits"), recs)
+    assert "| SAM rho=0.1 | 91.0 | 30.0 | 30.0 | 2.00x | 1 | 1 |" in md
+    assert "| ST | 91.0 ± 1.0 | 11.0 ± 1.0 | 11.0 ± 1.0 | 1.00x | 1 | 3 |" in md
+
+
+def test_render_is_byte_identical_and_independent_of_record_order(tmp_path):
+    recs = [make_record("st", seed=s) for s in range(2)] + [make_record("sam", {"rho": 0.1}, label="SAM")]
+    task = TASKS.get("digits")
+    a = render(task, copy.deepcopy(recs))
+    b = render(task, list(reversed(copy.deepcopy(recs))))
+    assert a == b and a.encode() == render(task, recs).encode()
+    assert plot(task, recs, tmp_path / "a.png") and plot(task, list(reversed(recs)), tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_reported_rows_are_separate_and_marked():
+    base = TASKS.get("digits")
+    task = Task(name="digits", modality="image", version="1", num_classes=10, description="d",
+                build_data=base.build_data, build_model=base.build_model,
+                reported=(ReportedRow("ST", {"nat": 94.6, "linf 1": 39.6}, source="Table 2"),))
+    md = render(task, [make_record()])
+    ours, _, theirs = md.partition("## Reported by the paper")
+    assert "(reported)" not in ours and "| ST (reported) | 94.6 | 39.6 |" in theirs
+    assert "Source: Table 2." in theirs
+
+
+def test_same_label_rows_name_the_setting_that_differs():
+    a = make_record("st")
+    b = make_record("st", seed=0)
+    b["train"] = {**b["train"], "epochs": 5}
+    b["run_id"] = "other"
+    labels = sorted(r.label for r in build_rows([a, b]))
+    assert labels == ["ST (epochs=2)", "ST (epochs=5)"]
+
+

@@ -1,0 +1,85 @@
+"""Trainer: LR schedules, learning on real data, and exact resume after an interruption."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from suite.config import TaskOptions, TrainConfig
+from suite.errors import UserError
+from suite.modalities.image import ImageClassification
+from suite.registry import METHODS, TASKS
+from suite.train import lr_factor, train
+
+
+def test_step_schedule_is_the_papers():
+    # 100 epochs of 10 steps: x0.1 at epoch 75 and again at epoch 90
+    cfg = TrainConfig(epochs=100, schedule="step")
+    f = [lr_factor(cfg, s, 1000, 10) for s in range(1000)]
+    assert f[749] == 1.0 and f[750] == pytest.approx(0.1) and f[899] == pytest.approx(0.1)
+    assert f[900] == pytest.approx(0.01) and f[-1] == pytest.approx(0.01)
+
+
+def test_warmup_then_cosine_and_linear():
+    cfg = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(cfg, 0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 55, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    lin = TrainConfig(epochs=10, schedule="linear", warmup_epochs=1)
+    assert lr_factor(lin, 55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(lin, 99, 100, 10) == pytest.approx(1 / 90)
+
+
+def _digits(n_train=256):
+    task = TASKS.get("digits")
+    data = task.build_data(TaskOptions())
+    data.train = Subset(data.train, range(n_train))
+    return task, data
+
+
+def _final_state(method_name, cfg, data, task, checkpoint=None, interrupt_after=None, run_id="r"):
+    torch.manual_seed(0)
+    model = task.build_model(TaskOptions())
+    method = METHODS.get(method_name)(**task.method_defaults.get(method_name, {}))
+
+    def stop(epoch, entry):
+        if interrupt_after is not None and epoch == interrupt_after:
+            raise KeyboardInterrupt
+
+    res = train(model, method, ImageClassification(task), data, cfg, seed=3, device=torch.device("cpu"),
+                checkpoint=checkpoint, run_id=run_id, progress=False, on_epoch_end=stop)
+    return model.state_dict(), res
+
+
+@pytest.mark.parametrize("method_name", ["at", "esam"])  # both draw random numbers inside the step
+def test_resume_after_interrupt_reproduces_weights_exactly(tmp_path, one_thread, method_name):
+    task, data = _digits()
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, schedule="step", milestones=(0.5,))
+    full, full_res = _final_state(method_name, cfg, data, task)
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _final_state(method_name, cfg, data, task, checkpoint=ckpt, interrupt_after=1)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+    resumed, res = _final_state(method_name, cfg, data, task, checkpoint=ckpt)
+    assert res.resumed_from_epoch == 1
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in full_res.history]
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, one_thread):
+    task, data = _digits(64)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    ckpt = tmp_path / "checkpoint.pt"
+    _final_state("st", cfg, data, task, checkpoint=ckpt, run_id="aaa")
+    with pytest.raises(UserError, match="belongs to run 'aaa'"):
+        _final_state("st", cfg, data, task, checkpoint=ckpt, run_id="bbb")
+
+
+def test_training_lowers_the_loss_on_real_digits(one_thread):
+    task, data = _digits(512)
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05, schedule="constant")
+    _, res = _final_state("sam", cfg, data, task)
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < 0.5 * losses[0], losses
