@@ -61,7 +61,11 @@ def evaluate(
     for i, attack in enumerate(built):
         done, robust = state["done"][i], state["robust"][i]
         extra_acc: dict[str, float] = state["extra"][i]
-        for b, batch in enumerate(_batches(dataset, batch_size, collate)):
+        batches = _batches(dataset, batch_size, collate)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc=f"attack {attack.label()}", leave=False, dynamic_ncols=True)
+        for b, batch in enumerate(batches):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
             if done[lo:hi].all():
                 continue
@@ -98,7 +102,7 @@ def evaluate(
         "clean": _pct(clean),
         "attacks": per_attack,
         "worst_case": _pct(worst) if built else None,
-        "eval_time_s": time.perf_counter() - t0 + state.get("time_before", 0.0),
+        "eval_time_s": time.perf_counter() - t0,  # this session's time (a resumed evaluation counts only its own part)
     }
     return metrics
 

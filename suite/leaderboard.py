@@ -225,7 +225,7 @@ def _attack_details(rows: list[Row]) -> list[str]:
 
 
 def plot(task: Task, records: list[dict], path: Path) -> bool:
-    """Clean vs worst-case robust accuracy, one point per configuration (mean over seeds)."""
+    """Clean vs worst-case robust accuracy, one point per configuration (mean +- std over seeds)."""
     rows = [row for row in build_rows([r for r in records if r["task"]["name"] == task.name])
             if any(w is not None for w in row.worst)]
     if not rows:
@@ -238,9 +238,10 @@ def plot(task: Task, records: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     markers = {"st": "o", "sam": "s", "asam": "D", "esam": "P", "at": "^", "fast_at": "v"}
     for i, row in enumerate(rows):
-        c, _ = _mean_std(row.clean)
-        w, _ = _mean_std(row.worst)
-        ax.scatter([c], [w], marker=markers.get(row.method["name"], "x"), color=f"C{i % 10}", label=row.label)
+        c, cs = _mean_std(row.clean)
+        w, ws = _mean_std(row.worst)
+        ax.errorbar([c], [w], xerr=[cs or 0.0], yerr=[ws or 0.0], marker=markers.get(row.method["name"], "x"),
+                    color=f"C{i % 10}", label=row.label, linestyle="none", capsize=2)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("worst-case robust accuracy (%)")
     ax.set_title(f"{task.name}: clean vs robust")
