@@ -116,8 +116,10 @@ def resolve_params(owner: str, declared: Mapping[str, Param], *layers: Mapping[s
 def fmt_value(v: Any) -> str:
     """Human form of a parameter value; budgets that are k/255 are written that way."""
     if isinstance(v, float):
+        short = f"{v:g}"
         k = v * 255
-        if 0 < v < 1 and abs(k - round(k)) < 1e-6 and round(k) >= 1:
+        # 8/255 reads better than 0.0313725; 0.2 (= 51/255) reads better as itself
+        if 0 < v < 1 and abs(k - round(k)) < 1e-6 and round(k) >= 1 and len(short.lstrip("0.")) > 3:
             return f"{int(round(k))}/255"
-        return f"{v:g}"
+        return short
     return str(v)
