@@ -138,7 +138,7 @@ def render(task: Task, records: list[dict]) -> str:
             cells = [row.label, _cell(row.clean)] + [_cell(row.attacks.get(lbl, [])) for lbl in attack_labels]
             cells += [_cell(row.worst)]
             cells += [_cell(row.corruptions)] if has_corr else []
-            passes = "–" if row.passes is None else f"{row.passes:g}"
+            passes = "–" if row.passes is None else f"{row.passes:.3g}"
             cells += [cost, passes, str(len(row.records))]
             out.append("| " + " | ".join(cells) + " |")
         out += ["", _protocol(rows, attack_labels, failed), ""]
@@ -235,18 +235,19 @@ def plot(task: Task, records: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=100)
+    colors = plt.get_cmap("tab20").colors
     markers = {"st": "o", "sam": "s", "asam": "D", "esam": "P", "at": "^", "fast_at": "v"}
     for i, row in enumerate(rows):
         c, cs = _mean_std(row.clean)
         w, ws = _mean_std(row.worst)
         ax.errorbar([c], [w], xerr=[cs or 0.0], yerr=[ws or 0.0], marker=markers.get(row.method["name"], "x"),
-                    color=f"C{i % 10}", label=row.label, linestyle="none", capsize=2)
+                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], label=row.label, linestyle="none", capsize=2)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("worst-case robust accuracy (%)")
     ax.set_title(f"{task.name}: clean vs robust")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     # no timestamp or version metadata, so the same records give the same bytes
