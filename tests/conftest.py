@@ -20,9 +20,10 @@ if (SHARED / "data" / "nltk_data").is_dir():
 load_builtins()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster (and without contention) on one thread."""
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every test model is tiny: intra-op threads would only contend for the cores (a BatchNorm call on
+    a tiny tensor took ~70 ms with two threads on a busy 2-core machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

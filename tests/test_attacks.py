@@ -23,14 +23,6 @@ CPU = torch.device("cpu")
 IMAGE = ImageClassification()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend for the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def image_batch(n=24, seed=0):
     """8x8 one-channel images in [0, 1] with many pixels exactly on the box boundary."""

@@ -48,7 +48,7 @@ def test_unreadable_checkpoint_is_one_line(capsys, tmp_path):
     assert code == 2 and "cannot read checkpoint" in err and err.count("\n") == 1
 
 
-def test_run_records_skips_evaluates_and_publishes(capsys, tmp_path, one_thread):
+def test_run_records_skips_evaluates_and_publishes(capsys, tmp_path):
     out, work = tmp_path / "lb", tmp_path / "runs"
     common = ["--out", str(out), "--work-dir", str(work), *FAST, *ATTACK]
     code, stdout, _ = run_cli(capsys, "run", "--task", "digits", "--method", "sam", "--rho", "0.05", *common)
@@ -81,7 +81,7 @@ def test_run_records_skips_evaluates_and_publishes(capsys, tmp_path, one_thread)
     assert "| SAM rho=0.05 |" in md and (out / "digits.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sweep_grid_file_runs_the_grid_then_skips_it(capsys, tmp_path, one_thread):
+def test_sweep_grid_file_runs_the_grid_then_skips_it(capsys, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('task = "digits"\nseeds = [0]\nset = { epochs = 1, eval_examples = 60 }\n'
                     '[[runs]]\nmethod = "st"\n[[runs]]\nmethod = "sam"\nrho = [0.05, 0.1]\n')

@@ -26,14 +26,6 @@ RTOL, ATOL = 1e-10, 1e-12  # see the module docstring
 ADAPTER = ImageClassification()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend for the shared cores (70 ms per BatchNorm call)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- helpers ------------------------------------------------------------------------------------
 def mlp(seed: int = 0, d_in: int = 5, hidden: int = 6, classes: int = 3) -> nn.Module:

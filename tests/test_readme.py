@@ -9,7 +9,7 @@ from suite.registry import TASKS
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_task_runs(tmp_path, capsys, one_thread):
+def test_readme_example_task_runs(tmp_path, capsys):
     text = README.read_text()
     code = re.search(r"```python\n# my_tasks/iris.py\n(.*?)```", text, re.S).group(1)
     task_file = tmp_path / "iris.py"

@@ -250,7 +250,7 @@ def test_embedding_pgd_lowers_accuracy_and_respects_its_bound(trained, norm, eps
 
 # --- every method, end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS.names())
-def test_every_method_trains_tiny_distilbert(method, options, tmp_path, one_thread):
+def test_every_method_trains_tiny_distilbert(method, options, tmp_path):
     plan = plan_run("text_rt", method, options=options, attacks=["pgd:norm=l2,eps=0.5,steps=2"],
                     overrides={"epochs": "2", "batch_size": "16", "lr": "1e-3", "warmup_epochs": "0.5",
                                "eval_examples": "8", "eval_batch_size": "8"})

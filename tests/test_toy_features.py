@@ -21,13 +21,6 @@ load_builtins()
 TASK = TASKS.get("toy_features")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- (a) exact optima ------------------------------------------------------------------------------
 @pytest.mark.parametrize("p,eta,d", [(toy.P, toy.ETA, toy.D), (0.7, 0.1, 10), (0.9, 0.3, 50), (0.8, 0.2, 1)])

@@ -53,7 +53,7 @@ def _final_state(method_name, cfg, data, task, checkpoint=None, interrupt_after=
 
 
 @pytest.mark.parametrize("method_name", ["at", "esam"])  # both draw random numbers inside the step
-def test_resume_after_interrupt_reproduces_weights_exactly(tmp_path, one_thread, method_name):
+def test_resume_after_interrupt_reproduces_weights_exactly(tmp_path, method_name):
     task, data = _digits()
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, schedule="step", milestones=(0.5,))
     full, full_res = _final_state(method_name, cfg, data, task)
@@ -68,7 +68,7 @@ def test_resume_after_interrupt_reproduces_weights_exactly(tmp_path, one_thread,
         assert torch.equal(full[k], resumed[k]), k
 
 
-def test_checkpoint_of_another_run_is_refused(tmp_path, one_thread):
+def test_checkpoint_of_another_run_is_refused(tmp_path):
     task, data = _digits(64)
     cfg = TrainConfig(epochs=1, batch_size=64)
     ckpt = tmp_path / "checkpoint.pt"
@@ -77,7 +77,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, one_thread):
         _final_state("st", cfg, data, task, checkpoint=ckpt, run_id="bbb")
 
 
-def test_training_lowers_the_loss_on_real_digits(one_thread):
+def test_training_lowers_the_loss_on_real_digits():
     task, data = _digits(512)
     cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05, schedule="constant")
     _, res = _final_state("sam", cfg, data, task)
