@@ -190,12 +190,14 @@ def _protocol(rows: list[Row], attack_labels: list[str], failed: int) -> str:
     opts = sorted({f"{r['train']['optimizer']} lr {r['train']['lr']:g}, {r['train']['schedule']} schedule" for r in recs})
     devices = sorted({r.get("cost", {}).get("device", "?") for r in recs})
     versions = sorted({r["task"]["version"] for r in recs})
-    models = sorted({str(r.get("model")) for r in recs if r.get("model")})
+    # a local model directory is named by its last two path parts, not the machine's absolute path
+    models = sorted({"/".join(Path(str(r["model"])).parts[-2:]) if Path(str(r["model"])).is_absolute()
+                     else str(r["model"]) for r in recs if r.get("model")})
     parts = [
         f"**Protocol.** Accuracy in % on the first {'/'.join(map(str, ns))} test examples; "
-        f"attacks: {', '.join(attack_labels) if attack_labels else 'none'} (white-box, each on every clean-correct "
-        "example; worst case = robust to all, per example)",
-        f"training: {'/'.join(map(str, epochs))} epochs, batch {'/'.join(map(str, bs))}, {'; '.join(opts)}",
+        f"attacks: {', '.join(attack_labels) if attack_labels else 'none'} (each run on every clean-correct "
+        "example; worst case = robust to all of them, per example)",
+        f"training: epochs {'/'.join(map(str, epochs))}, batch {'/'.join(map(str, bs))}, {'; '.join(opts)}",
         f"task version {', '.join(versions)}" + (f", model {', '.join(models)}" if models else ""),
         f"hardware: {'; '.join(devices)}",
         "cost = measured training time per step relative to ST on the same task; passes/step = declared "
