@@ -240,8 +240,10 @@ def cmd_sweep(args) -> int:
     # plan everything first: a typo in the last run fails before the first one trains
     plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, options=_options(args))
              for (m, p) in runs for s in seeds]
+    recorded = sum(store.exists(p.task.name, p.run_id) for p in plans)
     todo = [p for p in plans if args.force or not store.exists(p.task.name, p.run_id)]
-    print(f"sweep {args.grid}: {len(plans)} runs, {len(plans) - len(todo)} already recorded, {len(todo)} to run")
+    again = " (--force: running the recorded ones again)" if args.force and recorded else ""
+    print(f"sweep {args.grid}: {len(plans)} runs, {recorded} already recorded, {len(todo)} to run{again}")
     if args.dry_run:
         for p in plans:
             state = "recorded" if store.exists(p.task.name, p.run_id) else "to run"
