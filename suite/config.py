@@ -105,7 +105,6 @@ class TaskOptions:
     """What a user may change about how a task is built, beyond its recipe."""
     data_dir: Path | None = None
     model: str | None = None       # e.g. a hub id or a local directory (text tasks)
-    allow_download: bool = False
 
 
 @dataclass
