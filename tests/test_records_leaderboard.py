@@ -117,3 +117,18 @@ def test_same_label_rows_name_the_setting_that_differs():
     assert labels == ["ST (epochs=2)", "ST (epochs=5)"]
 
 
+
+
+def test_attack_details_average_textattack_statistics_over_seeds():
+    recs = []
+    for seed, (succ, queries) in enumerate([(8, 100.0), (6, 60.0)]):
+        r = make_record("st", seed=seed, attacks=(("DeepWordBug", 20.0),))
+        r["metrics"]["attacks"][0]["stats"] = {
+            "attacked": 10.0, "succeeded": float(succ), "failed": 10.0 - succ, "skipped": 0.0,
+            "queries_sum": queries, "queries_count": 10.0,
+            "perturbed_pct_sum": 20.0 * succ, "perturbed_pct_count": float(succ)}
+        recs.append(r)
+    md = render(TASKS.get("digits"), recs)
+    # success rate 80% and 60% -> 70.0 ± 14.1; queries 10 and 6 per attacked example -> 8.0 ± 2.8
+    assert "| ST | DeepWordBug | 20.0 ± 0.0 | 70.0 ± 14.1 | 20.0 ± 0.0 | 8.0 ± 2.8 | 359 |" in md
+    assert "| method | attack | accuracy under attack | success rate | avg perturbed pct | avg queries | examples |" in md
