@@ -12,7 +12,6 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-
 from suite.config import Task
 from suite.records import canonical
 

@@ -19,7 +19,7 @@ import torch
 
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
-from suite.params import Param, nonneg, positive, unit_interval
+from suite.params import Param, nonneg, unit_interval
 from suite.registry import METHODS
 
 
@@ -114,10 +114,6 @@ class ESAM(_AscentMethod):
         if self.p["gamma"] >= 1.0:
             return 2.0
         return 1.0 + 1.0 / 3.0 + self.p["gamma"]
-
-    def train_step(self, model, batch, optimizer, adapter):
-        self._selected = None
-        return super().train_step(model, batch, optimizer, adapter)
 
     def _first_pass(self, model, batch, adapter):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
