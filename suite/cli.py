@@ -1,4 +1,8 @@
-"""Command line: run, eval, sweep, ls, leaderboard. Bad input exits with one line and code 2."""
+"""Command line: run, eval, sweep, ls, leaderboard. Bad input exits with one line and code 2.
+
+Start-up is kept light: the registries are filled by modules that import nothing heavy (torch is
+imported by the commands that train or evaluate, not by `--help` or `ls`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import itertools
 import json
 import os
 import sys
-import tomllib
+import tomllib  # Python >= 3.11, the floor pyproject.toml declares
 from pathlib import Path
 
 from suite.errors import UserError
@@ -16,16 +20,20 @@ RUN_EXAMPLES = """examples:
   python -m suite run --task digits --method sam --rho 0.2 --seed 1
   python -m suite run --task digits --method at --norm l2 --eps 64/255 --step-size 16/255
   python -m suite run --task digits --method st --set epochs=5 --set lr=0.02
+  python -m suite run --task digits --method st --set train_examples=500 --set eval_examples=200
   python -m suite run --task text_rt --method sam --model /path/to/local/model --data-dir ~/data
-  python -m suite run --task digits --method st --attacks pgd:norm=linf,eps=16/255,steps=20
+  python -m suite run --task digits --method st --attacks pgd:norm=linf,eps=16/255,steps=20 pgd:norm=l2,eps=0.5,restarts=5
 """
 EVAL_EXAMPLES = """examples:
   python -m suite eval --task digits --checkpoint runs/<run_id>/model.pt
   python -m suite eval --task digits --checkpoint runs/<run_id>/checkpoint.pt --attacks fgsm:eps=8/255 --json out.json
+  python -m suite eval --include examples/autoattack_resnet18.py --task cifar10_aa_resnet18 \\
+      --checkpoint model_test.pt --data-dir ../shared/data --record --label "ResNet-18 (AutoAttack example)"
 """
 SWEEP_EXAMPLES = """examples:
   python -m suite sweep --grid digits_main --seeds 0 1 2     # a preset declared by a task
   python -m suite sweep --grid my_grid.toml --dry-run         # a grid file
+  python -m suite sweep --grid digits_main --shard 2/8        # the 2nd of 8 disjoint shares (Slurm arrays, many machines)
 
 grid file (TOML); lists expand to a grid:
   task = "digits"
@@ -40,8 +48,24 @@ grid file (TOML); lists expand to a grid:
 """
 LB_EXAMPLES = """examples:
   python -m suite leaderboard                  # every task with records under ./leaderboards/records
-  python -m suite leaderboard --task digits --out leaderboards
+  python -m suite leaderboard --task digits --out results
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one line (UserError) instead of usage text and exit."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            from suite.config import TrainConfig
+            words = message.split(":", 1)[1].split()
+            for i, w in enumerate(words):
+                key = w[2:].split("=", 1)[0].replace("-", "_") if w.startswith("--") else None
+                if key in TrainConfig.field_names():
+                    value = w.split("=", 1)[1] if "=" in w else (words[i + 1] if i + 1 < len(words) else "VALUE")
+                    raise UserError(f"{w.split('=', 1)[0]} is not a flag; training settings are given with --set, "
+                                    f"e.g. --set {key}={value}")
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
@@ -55,7 +79,8 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
         p.add_argument("--data-dir", default=None, metavar="DIR",
                        help="dataset root (default: $SUITE_DATA_DIR or ~/.cache/suite/data)")
-        p.add_argument("--model", default=None, help="model id or local directory, for tasks that take one (text)")
+        p.add_argument("--model", default=None,
+                       help="model id or local path, for tasks that take one (text: a Hugging Face checkpoint)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a recipe field or method parameter, e.g. epochs=10 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -75,11 +100,11 @@ def _method_flags(p: argparse.ArgumentParser) -> list[str]:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    parser = argparse.ArgumentParser(prog="suite", description="Benchmark sharpness-aware and adversarial training "
-                                     "across modalities: train, evaluate, record, publish leaderboards.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=RUN_EXAMPLES)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,eval,sweep,ls,leaderboard}")
+    parser = Parser(prog="suite", description="Benchmark sharpness-aware and adversarial training "
+                    "across modalities: train, evaluate, record, publish leaderboards.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,eval,sweep,ls,leaderboard}",
+                                parser_class=Parser)
 
     run = sub.add_parser("run", help="train a model with a method, evaluate it, record the run",
                          epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,18 +112,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     run.add_argument("--method", required=True)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--attacks", nargs="+", default=None, metavar="SPEC",
-                     help="replace the task's evaluation suite, e.g. pgd:norm=l2,eps=0.5 fgsm:eps=8/255")
+                     help="replace the task's evaluation suite, e.g. pgd:norm=l2,eps=0.5 fgsm:eps=8/255 "
+                          "(n=N: that attack on a stratified N of the evaluated examples)")
+    run.add_argument("--analyses", nargs="*", default=None, metavar="SPEC",
+                     help="replace the task's analyses, e.g. sharpness:rho=0.05 hessian (none: --analyses)")
     run.add_argument("--force", action="store_true", help="run again even if this run is recorded")
     _common(run)
     names = _method_flags(run)
 
-    ev = sub.add_parser("eval", help="evaluate a saved checkpoint (clean + attacks)", epilog=EVAL_EXAMPLES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev = sub.add_parser("eval", help="evaluate saved weights (clean + attacks), optionally recording them",
+                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--task", required=True)
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--checkpoint", required=True, help="a suite checkpoint or a plain state dict")
     ev.add_argument("--attacks", nargs="+", default=None, metavar="SPEC")
+    ev.add_argument("--analyses", nargs="*", default=None, metavar="SPEC")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the metrics here (must not exist)")
+    ev.add_argument("--record", action="store_true",
+                    help="record the result as a run (method 'checkpoint') in --out, shown in the leaderboard")
+    ev.add_argument("--label", default=None, help="the leaderboard row's name for a recorded checkpoint")
+    ev.add_argument("--force", action="store_true", help="with --record: evaluate again even if recorded")
     _common(ev)
 
     sw = sub.add_parser("sweep", help="run a grid of runs, skipping those already recorded", epilog=SWEEP_EXAMPLES,
@@ -108,10 +141,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sw.add_argument("--dry-run", action="store_true", help="list the runs and whether they are recorded")
     sw.add_argument("--force", action="store_true")
     sw.add_argument("--keep-going", action="store_true", help="continue after a failed run")
+    sw.add_argument("--attacks", nargs="+", default=None, metavar="SPEC",
+                    help="replace the task's evaluation suite for every run of the grid")
+    sw.add_argument("--analyses", nargs="*", default=None, metavar="SPEC",
+                    help="replace the task's analyses for every run of the grid")
+    sw.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only the I-th of N disjoint shares of the grid (1-based), e.g. $SLURM_ARRAY_TASK_ID/8")
     _common(sw)
 
-    ls = sub.add_parser("ls", help="list tasks, methods and attacks")
-    ls.add_argument("what", nargs="?", choices=["tasks", "methods", "attacks"], default=None)
+    ls = sub.add_parser("ls", help="list tasks, methods, attacks and analyses")
+    ls.add_argument("what", nargs="?", choices=["tasks", "methods", "attacks", "analyses"], default=None)
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
 
     lb = sub.add_parser("leaderboard", help="render leaderboards/<task>.md and .png from the records",
@@ -131,12 +170,34 @@ def _kv(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _looks_like_path(text: str) -> bool:
+    """A hub id is 'name' or 'org/name'; a path starts with / . ~ or has more parts."""
+    return text.startswith(("/", ".", "~")) or text.count("/") >= 2 or os.sep in text and Path(text).parent.exists()
+
+
 def _options(args):
     from suite.config import TaskOptions
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir {args.data_dir}: no such directory")
+    if args.model and _looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        raise UserError(f"--model {args.model}: no such file or directory")
     return TaskOptions(data_dir=data_dir, model=args.model)
+
+
+def _check_out_dirs(args) -> None:
+    from suite.runner import check_writable_dir
+    check_writable_dir(Path(args.out), "--out")
+    if hasattr(args, "work_dir"):
+        check_writable_dir(Path(args.work_dir), "--work-dir")
+
+
+def _flag_hint(args) -> str:
+    """The flags a follow-up command needs to see the same records (--out, --include)."""
+    parts = [f"--include {p}" for p in getattr(args, "include", [])]
+    if Path(args.out) != Path("leaderboards"):
+        parts.append(f"--out {args.out}")
+    return (" " + " ".join(parts)) if parts else ""
 
 
 def cmd_run(args, names) -> int:
@@ -145,7 +206,8 @@ def cmd_run(args, names) -> int:
 
     params = {n: getattr(args, f"mp_{n}") for n in names if getattr(args, f"mp_{n}") is not None}
     plan = plan_run(args.task, args.method, method_params=params, overrides=_kv(args.overrides, "--set"),
-                    seed=args.seed, attacks=args.attacks, options=_options(args))
+                    seed=args.seed, attacks=args.attacks, analyses=args.analyses, options=_options(args))
+    _check_out_dirs(args)
     device = resolve_device(args.device)
     rec = execute(plan, RecordStore(Path(args.out)), work_dir=Path(args.work_dir), device=device, force=args.force,
                   progress=not args.no_progress)
@@ -154,33 +216,38 @@ def cmd_run(args, names) -> int:
 
 
 def _print_metrics(m: dict, cost: dict | None = None) -> None:
-    print(f"clean {m['metric']}: {m['clean']:.2f}% (n={m['n']})")
+    sub = m.get("subset", {})
+    how = f", {sub['strategy']} subset of {sub['of']}" if sub and sub.get("strategy") != "all" else ""
+    print(f"clean {m['metric']}: {m['clean']:.2f}% (n={m['n']}{how})")
     for a in m["attacks"]:
-        print(f"  {a['label']}: {a['accuracy']:.2f}%")
+        n = f" (n={a['n']})" if a["n"] != m["n"] else ""
+        print(f"  {a['label']}: {a['value']:.2f}%{n}")
     if m.get("worst_case") is not None:
-        print(f"  worst case: {m['worst_case']:.2f}%")
+        n = f" (n={m['worst_case_n']})" if m.get("worst_case_n") != m["n"] else ""
+        print(f"  worst case: {m['worst_case']:.2f}%{n}")
+    for a in m.get("analysis", []):
+        print(f"  {a['label']}: {a['value']:.4g}")
     if cost and cost.get("train_time_s") is not None:
         print(f"train {cost['train_time_s']:.1f} s, evaluation {cost.get('eval_time_s', 0):.1f} s on {cost.get('device')}")
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from suite.evaluate import eval_subset, evaluate
-    from suite.runner import build_data, load_model_weights, plan_run, resolve_device
+    from suite.records import RecordStore
+    from suite.runner import execute_eval, plan_run, resolve_device
 
     out = Path(args.json) if args.json else None
     if out is not None and out.exists():
         raise UserError(f"--json {out}: file exists; choose another path (results are never overwritten)")
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint}: no such file")
     plan = plan_run(args.task, "st", overrides=_kv(args.overrides, "--set"), seed=args.seed, attacks=args.attacks,
-                    options=_options(args))
+                    analyses=args.analyses, options=_options(args))
+    _check_out_dirs(args)
     device = resolve_device(args.device)
-    data, options = build_data(plan.task, plan.options)
-    model = plan.task.build_model(options)
-    load_model_weights(model, Path(args.checkpoint))
-    torch.manual_seed(args.seed)
-    metrics = evaluate(model, plan.adapter, eval_subset(data.test, plan.cfg.eval_examples), plan.attacks,
-                       batch_size=plan.cfg.eval_batch_size, device=device, collate=data.collate, seed=args.seed)
+    store = RecordStore(Path(args.out)) if args.record else None
+    rec = execute_eval(plan, Path(args.checkpoint), store, label=args.label, device=device,
+                       work_dir=Path(args.work_dir), force=args.force, progress=not args.no_progress)
+    metrics = rec["metrics"]
     _print_metrics(metrics)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,59 +296,113 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
     return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    i, slash, n = text.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        i = n = 0
+    if not slash or n < 1 or not 1 <= i <= n:
+        raise UserError(f"--shard {text}: expected I/N with 1 <= I <= N, e.g. --shard 2/8")
+    return i, n
+
+
+def shard_of(run_id: str, n: int) -> int:
+    """Which of n shards (1-based) a run belongs to: by its id, so the assignment does not depend on
+    the order of the grid, on which runs are recorded, or on the machine."""
+    return int(run_id[:8], 16) % n + 1
+
+
 def cmd_sweep(args) -> int:
     from suite.records import RecordStore
-    from suite.runner import RunFailed, execute, plan_run, resolve_device
+    from suite.runner import RunFailed, RunLock, execute, plan_run, resolve_device
 
     task, runs, grid_seeds, sets = load_grid(args.grid)
     seeds = args.seeds if args.seeds is not None else (grid_seeds or [0])
     sets.update(_kv(args.overrides, "--set"))
+    shard = parse_shard(args.shard)
     store = RecordStore(Path(args.out))
     # plan everything first: a typo in the last run fails before the first one trains
-    plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, options=_options(args))
+    plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, attacks=args.attacks,
+                      analyses=args.analyses, options=_options(args))
              for (m, p) in runs for s in seeds]
+    if shard is not None:
+        plans = [p for p in plans if shard_of(p.run_id, shard[1]) == shard[0]]
+    where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     recorded = sum(store.exists(p.task.name, p.run_id) for p in plans)
     todo = [p for p in plans if args.force or not store.exists(p.task.name, p.run_id)]
     again = " (--force: running the recorded ones again)" if args.force and recorded else ""
-    print(f"sweep {args.grid}: {len(plans)} runs, {recorded} already recorded, {len(todo)} to run{again}")
+    print(f"sweep {args.grid}{where}: {len(plans)} runs, {recorded} already recorded, {len(todo)} to run{again}")
     if args.dry_run:
         for p in plans:
             state = "recorded" if store.exists(p.task.name, p.run_id) else "to run"
             print(f"  {p.run_id}  {p.method.label():40s} seed {p.seed}  {state}")
         return 0
+    _check_out_dirs(args)
     device = resolve_device(args.device)
-    failures = 0
-    for i, p in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {p.method.label()} seed {p.seed}")
+    failures, done, deferred = 0, 0, []
+
+    def one(p, lock, i, total):
+        nonlocal failures, done
+        if store.exists(p.task.name, p.run_id) and not args.force:  # finished by another process meanwhile
+            lock.release()
+            print(f"[{i}/{total}] {p.method.label()} seed {p.seed}: recorded by another process")
+            return True
+        print(f"[{i}/{total}] {p.method.label()} seed {p.seed}")
         try:
             execute(p, store, work_dir=Path(args.work_dir), device=device, force=args.force,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, lock=lock)
+            done += 1
         except RunFailed as e:
             failures += 1
             print(str(e), file=sys.stderr)
-            if not args.keep_going:
-                return 1
-    print(f"sweep done: {len(todo) - failures} run, {failures} failed; now `python -m suite leaderboard`")
+            return args.keep_going
+        finally:
+            lock.release()
+        return True
+
+    # a run another process holds (an overlapping sweep or shard) is left to it and revisited at the end
+    for i, p in enumerate(todo, 1):
+        lock = RunLock(store, p.task.name, p.run_id)
+        if not lock.acquire(wait=False):
+            print(f"[{i}/{len(todo)}] {p.method.label()} seed {p.seed}: another process is running it; later")
+            deferred.append(p)
+            continue
+        if not one(p, lock, i, len(todo)):
+            return 1
+    for p in deferred:
+        lock = RunLock(store, p.task.name, p.run_id)
+        lock.acquire(wait=True)
+        if not one(p, lock, "deferred", len(todo)):
+            return 1
+    print(f"sweep done: {done} run, {failures} failed, {len(todo) - done - failures} recorded by other processes; "
+          f"now `python -m suite leaderboard{_flag_hint(args)}`")
     return 1 if failures else 0
 
 
 def cmd_ls(args) -> int:
-    from suite.registry import ATTACKS, METHODS, TASKS
     from suite.params import fmt_value
+    from suite.registry import ANALYSES, ATTACKS, METHODS, TASKS
 
     if args.what in (None, "tasks"):
         print("tasks:")
         for name, t in TASKS.items():
-            print(f"  {name:16s} [{t.modality}] {t.description}")
+            print(f"  {name:20s} [{t.modality}] {t.description}")
     if args.what in (None, "methods"):
         print("methods:")
         for name, cls in METHODS.items():
             ps = ", ".join(f"{k}={fmt_value(p.default)}" for k, p in cls.params.items())
-            print(f"  {name:16s} {cls.description}" + (f"  [{ps}]" if ps else ""))
+            print(f"  {name:20s} {cls.description}" + (f"  [{ps}]" if ps else ""))
     if args.what in (None, "attacks"):
         print("attacks:")
         for name, cls in ATTACKS.items():
-            print(f"  {name:16s} ({', '.join(cls.modalities)}) {cls.description}")
+            print(f"  {name:20s} ({', '.join(cls.modalities) or 'any'}) {cls.description}")
+    if args.what in (None, "analyses"):
+        print("analyses:")
+        for name, cls in ANALYSES.items():
+            print(f"  {name:20s} {cls.description}")
     return 0
 
 
@@ -291,9 +412,9 @@ def cmd_leaderboard(args) -> int:
     from suite.registry import TASKS
 
     out = Path(args.out)
-    records = RecordStore(out).load(args.task)
     if args.task is not None:
         TASKS.get(args.task)
+    records = RecordStore(out).load(args.task)
     known = [t for n, t in TASKS.items() if args.task in (None, n)]
     unknown = sorted({r["task"]["name"] for r in records} - set(TASKS.names()))
     if unknown:
@@ -308,7 +429,6 @@ def cmd_leaderboard(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from suite.registry import include, load_builtins
-    from suite.runner import RunFailed
 
     try:
         load_builtins()
@@ -322,12 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`... | head -1`): stop quietly, as command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as e:
+        from suite.runner import RunFailed
+        if isinstance(e, RunFailed):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

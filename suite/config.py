@@ -15,7 +15,8 @@ from suite.errors import UserError
 from suite.params import parse_bool, parse_number
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine", "linear", "constant")
+SCHEDULES = ("step", "cosine", "linear", "poly", "constant")
+SUBSETS = ("stratified", "random", "first")
 AMP = ("auto", "off", "bf16", "fp16")
 
 
@@ -31,10 +32,15 @@ class TrainConfig:
     schedule: str = "step"          # step: x gamma at each milestone (fractions of training)
     milestones: tuple[float, ...] = (0.75, 0.9)
     lr_gamma: float = 0.1
+    poly_power: float = 0.9         # poly: lr x (1 - t)^power (the segmentation recipe)
     warmup_epochs: float = 0.0      # linear warm-up from 0, in epochs (fractions allowed)
     amp: str = "auto"               # auto: bf16 autocast on CUDA when supported, off on CPU
+    train_examples: int = 0         # 0 = the whole training split; else a subset (quick runs)
+    train_subset: str = "stratified"
     eval_batch_size: int = 256
     eval_examples: int = 0          # 0 = the whole test split
+    eval_subset: str = "stratified"  # how a part of the test split is chosen (suite.subsets)
+    subset_seed: int = 0            # fixed per task, not per run: every method sees the same examples
     num_workers: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -67,6 +73,15 @@ class TrainConfig:
             bad("warmup_epochs", "must be in [0, epochs]")
         if self.eval_examples < 0:
             bad("eval_examples", "must be >= 0 (0 = all)")
+        if self.train_examples < 0:
+            bad("train_examples", "must be >= 0 (0 = all)")
+        for name in ("train_subset", "eval_subset"):
+            if getattr(self, name) not in SUBSETS:
+                bad(name, f"must be one of {', '.join(SUBSETS)}")
+        if self.subset_seed < 0:
+            bad("subset_seed", "must be >= 0")
+        if not self.poly_power > 0:
+            bad("poly_power", "must be > 0")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
         return self
@@ -114,6 +129,8 @@ class DataBundle:
     collate: Callable | None = None
     train_transform: Callable | None = None  # applied to a batch on the device (augmentation)
     fingerprint: str = ""           # hash of the data the task read, for provenance
+    test_order: str = "unknown"     # "shuffled" where the test split is known to be in random order
+                                    # (only then may eval_subset=first take "the first N")
 
 
 @dataclass(frozen=True)
@@ -142,4 +159,5 @@ class Task:
     perturbable: Any = None         # optional mask of attackable input features (features modality)
     default_model: str | None = None
     analyze: Callable[[Any, TaskOptions], dict] | None = None  # optional extra numbers from the trained model
+    analyses: tuple = ()            # analysis specs run after evaluation (e.g. "sharpness:rho=0.05")
     needs_data_dir: bool = False    # the task reads files from --data-dir / SUITE_DATA_DIR

@@ -14,12 +14,13 @@ import math
 import os
 import platform
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 from suite.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def canonical(obj: Any) -> str:
@@ -54,7 +55,8 @@ def provenance(data_fingerprint: str = "") -> dict:
     import suite
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for pkg in ("transformers", "tokenizers", "textattack", "scikit-learn", "torchvision"):
+    for pkg in ("transformers", "tokenizers", "textattack", "scikit-learn", "torchvision", "timm",
+                "segmentation-models-pytorch", "pyautoattack"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -80,7 +82,7 @@ _TOP = {
     "task": (dict, True), "method": (dict, True), "train": (dict, True), "seed": (int, True),
     "evaluation": (dict, True), "metrics": ((dict, type(None)), True), "cost": (dict, True),
     "provenance": (dict, True), "model": ((str, type(None)), False), "extra": (dict, False),
-    "history": (list, False),
+    "history": (list, False), "notes": (list, False),
 }
 
 
@@ -104,7 +106,8 @@ def validate(rec: Any, where: str = "record") -> dict:
         if not isinstance(rec[key], kind):
             fail(f"{key!r} has type {type(rec[key]).__name__}")
     if rec["schema"] != SCHEMA_VERSION:
-        fail(f"schema {rec['schema']} is not {SCHEMA_VERSION}")
+        fail(f"written with record schema {rec['schema']}, and this suite reads schema {SCHEMA_VERSION}; "
+             "run it again with this version (or move the file away)")
     if rec["status"] not in ("complete", "failed"):
         fail(f"status {rec['status']!r} is not 'complete' or 'failed'")
     for key in ("name", "version", "modality"):
@@ -120,9 +123,13 @@ def validate(rec: Any, where: str = "record") -> dict:
             fail("metrics.clean must be a number")
         if not isinstance(m.get("n"), int):
             fail("metrics.n must be an integer")
+        if not isinstance(m.get("metric"), str):
+            fail("metrics.metric must name the headline metric")
         for a in m.get("attacks", []):
-            if not isinstance(a.get("label"), str) or not isinstance(a.get("accuracy"), _NUM):
-                fail("each metrics.attacks entry needs a label and a numeric accuracy")
+            if not isinstance(a.get("label"), str) or not isinstance(a.get("value"), _NUM):
+                fail("each metrics.attacks entry needs a label and a numeric value")
+            if not isinstance(a.get("n"), int):
+                fail("each metrics.attacks entry needs its number of examples n")
         if m.get("worst_case") is not None and not isinstance(m["worst_case"], _NUM):
             fail("metrics.worst_case must be a number or null")
     elif not rec["error"]:
@@ -185,12 +192,18 @@ class RecordStore:
         return validate(rec, str(path))
 
     def write(self, rec: dict) -> Path:
+        """Atomic (unique temporary name, then rename). A failed run never replaces a complete record."""
         rec = validate(_clean_floats(rec))
         p = self.path(rec["task"]["name"], rec["run_id"])
+        if rec["status"] == "failed" and self.exists(rec["task"]["name"], rec["run_id"]):
+            return p
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, p)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return p
 
     def load(self, task: str | None = None) -> list[dict]:

@@ -27,16 +27,20 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._origin: dict[str, str] = {}  # name -> the file that registered it
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """`@REG.register("name")` on a class or function, or `REG.register("name", obj)`."""
         if not name or not isinstance(name, str):
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        origin = sys._getframe(1).f_code.co_filename
 
         def add(o: T) -> T:
             if name in self._items:
-                raise ValueError(f"duplicate {self.kind} {name!r}: already registered as {self._items[name]!r}")
+                raise UserError(f"duplicate {self.kind} {name!r} in {origin}: already registered by "
+                                f"{self._origin.get(name, '?')}; rename one of them")
             self._items[name] = o
+            self._origin[name] = origin
             return o
 
         return add if obj is None else add(obj)
@@ -68,12 +72,14 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove an entry (for tests that register temporary entries)."""
         self._items.pop(name, None)
+        self._origin.pop(name, None)
 
 
 TASKS: Registry = Registry("task")
 METHODS: Registry = Registry("method")
 ATTACKS: Registry = Registry("attack")
 MODALITIES: Registry = Registry("modality")
+ANALYSES: Registry = Registry("analysis")
 
 _loaded_builtins = False
 _included: set[Path] = set()
@@ -85,7 +91,8 @@ def load_builtins() -> None:
     if _loaded_builtins:
         return
     _loaded_builtins = True
-    import suite.attacks  # noqa: F401  (each subpackage imports its modules, which register)
+    import suite.analysis  # noqa: F401  (each subpackage imports its modules, which register)
+    import suite.attacks  # noqa: F401
     import suite.methods  # noqa: F401
     import suite.modalities  # noqa: F401
     import tasks

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,6 +50,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     t = (step - warm) / max(1, total - warm)
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "poly":  # the segmentation recipe (DeepLab): (1 - t)^0.9
+        return max(0.0, 1.0 - t) ** cfg.poly_power
     return max(0.0, 1.0 - t)  # linear decay (the text recipe)
 
 
@@ -96,19 +99,50 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic: write a temporary file, then rename, so an interrupt never leaves half a checkpoint."""
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique per process and call: two processes writing the same
+    file never share a temporary (the rename that follows is atomic, and the last one wins)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: an interrupt never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tmp = tmp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict:
+
+def load_checkpoint(path: Path, *, resuming: bool = False) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file is bad input, reported in one line
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        hint = (f"; delete it (rm {path}) or pass --force to train this run from scratch" if resuming else "")
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}{hint}") from None
+
+
+def in_memory(dataset) -> bool:
+    """A TensorDataset: batches are cut from its tensors by index, without a per-example DataLoader."""
+    from torch.utils.data import TensorDataset
+    return isinstance(dataset, TensorDataset)
+
+
+def train_batches(dataset, cfg: TrainConfig, generator: torch.Generator, collate, pin: bool):
+    """The epoch's shuffled batches. For in-memory tensors the batches are the ones a DataLoader with
+    RandomSampler(generator) would give (the same torch.randperm), cut by indexing: no per-example
+    __getitem__ and collate, which would cost more than a small model's step."""
+    if in_memory(dataset) and collate is None and cfg.num_workers == 0:
+        perm = torch.randperm(len(dataset), generator=generator)
+        tensors = dataset.tensors
+        return [tuple(t[perm[i:i + cfg.batch_size]] for t in tensors)
+                for i in range(0, len(dataset), cfg.batch_size)]
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                      collate_fn=collate, num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
 
 
 def train(
@@ -124,6 +158,7 @@ def train(
     run_id: str = "",
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     seed_everything(seed)
     model.to(device)
@@ -136,7 +171,10 @@ def train(
 
     start_epoch = 0
     if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, resuming=True)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise UserError(f"checkpoint {checkpoint} is not a suite training checkpoint; delete it "
+                            f"(rm {checkpoint}) or pass --force to train this run from scratch")
         if state.get("run_id") != run_id:
             raise UserError(f"checkpoint {checkpoint} belongs to run {state.get('run_id')!r}, not {run_id!r}; "
                             "move it away or pass another --work-dir")
@@ -147,14 +185,15 @@ def train(
         result.history = state["history"]
         result.train_time_s = state["train_time_s"]
         start_epoch = result.resumed_from_epoch = state["epoch"]
+        if log is not None:
+            log(f"resuming from {checkpoint}: epoch {start_epoch} of {cfg.epochs} done "
+                f"({result.train_time_s:.0f} s of training so far)")
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         # Shuffling (and worker seeds) from a generator seeded by (seed, epoch): resumable.
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                            collate_fn=data.collate, num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda", drop_last=False)
+        loader = train_batches(data.train, cfg, gen, data.collate, pin=device.type == "cuda")
         aug_gen = torch.Generator(device=device).manual_seed(seed * 100_019 + epoch)
         bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs} {method.name}")
         t0 = time.perf_counter()
@@ -183,11 +222,11 @@ def train(
                  "lr": optimizer.param_groups[0]["lr"], "time_s": dt}
         result.history.append(entry)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
+            atomic_save({
                 "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(), "history": result.history, "train_time_s": result.train_time_s,
-            })
+            }, checkpoint)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)
     result.steps = steps_per_epoch * cfg.epochs

@@ -55,11 +55,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import torch
-from scipy.optimize import minimize, minimize_scalar
-from scipy.special import ndtr
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from suite.config import DataBundle, Task, TaskOptions, TrainConfig
 from suite.registry import TASKS
@@ -107,6 +102,8 @@ def w1_sam_expansion(eps: float, p: float = P, eta: float = ETA, d: int = D) -> 
 # --- (a) exact optima of the 0-1 loss --------------------------------------------------------------
 def zero_one_loss(w1, p: float = P, eta: float = ETA, d: int = D):
     """Expected 0-1 loss of sign(w1 x1 + x2 + ... + x_{d+1}); AT is the same with eta - eps."""
+    from scipy.special import ndtr
+
     s = math.sqrt(d)
     return p * ndtr(-(w1 + d * eta) / s) + (1 - p) * ndtr((w1 - d * eta) / s)
 
@@ -114,6 +111,8 @@ def zero_one_loss(w1, p: float = P, eta: float = ETA, d: int = D):
 def _excess_loss(w1, p: float, eta: float, d: int):
     """zero_one_loss - (1 - p): the same function shifted by a constant, written with both tails
     explicit so no precision is lost when they are tiny (large w1, e.g. AT with eps close to eta)."""
+    from scipy.special import ndtr
+
     s = math.sqrt(d)
     return p * ndtr(-(w1 + d * eta) / s) - (1 - p) * ndtr(-(w1 - d * eta) / s)
 
@@ -121,6 +120,8 @@ def _excess_loss(w1, p: float, eta: float, d: int):
 def argmin_1d(f, lo: float, hi: float, grid: int = 4001, xatol: float = 1e-12) -> float:
     """Global minimiser of a 1-D function on [lo, hi]: the best point of a fine grid, refined by
     bounded Brent between its two neighbours (f is vectorised over numpy arrays)."""
+    from scipy.optimize import minimize_scalar
+
     xs = np.linspace(lo, hi, grid)
     i = int(np.argmin(f(xs)))
     a, b = xs[max(i - 1, 0)], xs[min(i + 1, grid - 1)]
@@ -132,6 +133,8 @@ def max_over_interval(f, a: float, b: float, grid: int = 65) -> float:
     """max of f over [a, b]. The endpoints are always candidates, and so is an interior maximum (a
     grid point refined by Brent), because in general the maximum need not be at an endpoint. (For
     this L it always is, since L decreases then increases; the tests check that.)"""
+    from scipy.optimize import minimize_scalar
+
     xs = np.linspace(a, b, grid)
     vals = f(xs)
     best = float(np.max(vals))
@@ -195,6 +198,9 @@ def sample(n: int, rng: np.random.RandomState, p: float = P, eta: float = ETA, d
 
 
 def build_data(options: TaskOptions) -> DataBundle:
+    import torch
+    from torch.utils.data import TensorDataset
+
     rng = np.random.RandomState(DATA_SEED)  # legacy generator: the same stream on every platform
     xtr, ytr = sample(N_TRAIN, rng)
     xte, yte = sample(N_TEST, rng)
@@ -203,28 +209,19 @@ def build_data(options: TaskOptions) -> DataBundle:
                       test=TensorDataset(torch.from_numpy(xte), torch.from_numpy(yte)), fingerprint=fp)
 
 
-class LinearLogit(nn.Module):
-    """z = w . x (no bias), returned as the two-class logits [0, z].
-
-    Cross-entropy on [0, z] with class 1 for y = +1 is -log(e^z / (1 + e^z)) = log(1 + exp(-z)), and
-    with class 0 for y = -1 it is log(1 + exp(z)): together log(1 + exp(-y z)), the logistic loss,
-    so the suite's ordinary cross-entropy adapter trains a logistic regression.
-    """
-
-    def __init__(self, in_features: int = D + 1):
-        super().__init__()
-        self.linear = nn.Linear(in_features, 1, bias=False)
-
-    def forward(self, x):
-        z = self.linear(x)
-        return torch.cat([torch.zeros_like(z), z], dim=1)
+def __getattr__(name):  # the model class lives in suite.models.linear (it imports torch)
+    if name == "LinearLogit":
+        from suite.models.linear import LinearLogit
+        return LinearLogit
+    raise AttributeError(name)
 
 
-def build_model(options: TaskOptions) -> nn.Module:
-    return LinearLogit()
+def build_model(options: TaskOptions):
+    from suite.models.linear import LinearLogit
+    return LinearLogit(D + 1)
 
 
-def analyze(model: nn.Module, options: TaskOptions) -> dict:
+def analyze(model, options: TaskOptions) -> dict:
     """The learned reliance on the robust feature, beside the closed forms the task fixes."""
     w = model.linear.weight.detach().double().cpu().flatten()
     w1, rest = float(w[0]), w[1:]
@@ -250,6 +247,8 @@ def sample_optimum(eps: float = 0.0) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _sample_optimum_cached(eps: float) -> float:
+    from scipy.optimize import minimize
+
     x, label = (t.numpy().astype(np.float64) for t in build_data(TaskOptions()).train.tensors)
     y = 2 * label - 1
 

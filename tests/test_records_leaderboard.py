@@ -15,13 +15,13 @@ def make_record(method="st", params=None, seed=0, clean=90.0, attacks=(("PGD-10 
     params = params or {}
     ident = {"task": "digits", "method": method, "params": params, "seed": seed}
     return {
-        "schema": 1, "run_id": run_id(ident), "status": "complete", "error": None,
+        "schema": 2, "run_id": run_id(ident), "status": "complete", "error": None,
         "task": {"name": "digits", "version": "1", "modality": "image"}, "model": None,
         "method": {"name": method, "params": params, "label": label or method.upper()},
         "train": {"epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "schedule": "step"},
         "seed": seed, "evaluation": {"attacks": [{"name": "pgd", "eps": 8 / 255}], "n_examples": 0},
         "metrics": {"metric": "accuracy", "n": 359, "clean": clean,
-                    "attacks": [{"name": "pgd", "label": lbl, "params": {}, "accuracy": acc, "n": 359}
+                    "attacks": [{"name": "pgd", "label": lbl, "params": {}, "value": acc, "n": 359, "attacked": 300}
                                 for lbl, acc in attacks],
                     "worst_case": min([acc for _, acc in attacks] + [clean]), "eval_time_s": 1.0},
         "cost": {"train_time_s": train_time, "steps": 100, "passes_per_step": 1.0, "device": "cpu"},
@@ -50,7 +50,7 @@ def test_run_id_depends_on_every_setting_and_not_on_key_order():
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r.pop("seed"), "missing 'seed'"),
     (lambda r: r["metrics"].update(clean="90.0"), "clean must be a number"),
-    (lambda r: r["metrics"]["attacks"][0].update(accuracy="40"), "numeric accuracy"),
+    (lambda r: r["metrics"]["attacks"][0].update(value="40"), "numeric value"),
     (lambda r: r.update(schema=99), "schema 99"),
     (lambda r: r.update(status="done"), "status"),
     (lambda r: r.update(seed=True), "'seed' must be an integer"),
@@ -130,5 +130,15 @@ def test_attack_details_average_textattack_statistics_over_seeds():
         recs.append(r)
     md = render(TASKS.get("digits"), recs)
     # success rate 80% and 60% -> 70.0 ± 14.1; queries 10 and 6 per attacked example -> 8.0 ± 2.8
-    assert "| ST | DeepWordBug | 20.0 ± 0.0 | 70.0 ± 14.1 | 20.0 ± 0.0 | 8.0 ± 2.8 | 359 |" in md
-    assert "| method | attack | accuracy under attack | success rate | avg perturbed pct | avg queries | examples |" in md
+    assert "| ST | DeepWordBug | 20.0 ± 0.0 | 70.0 ± 14.1 | 20.0 ± 0.0 | 8.0 ± 2.8 | 359 | 300 |" in md
+    assert ("| method | attack | accuracy under attack | success rate | avg perturbed pct | avg queries "
+            "| examples evaluated | examples attacked |") in md
+
+
+def test_a_failure_never_replaces_a_complete_record(tmp_path):
+    store = RecordStore(tmp_path)
+    rec = make_record()
+    path = store.write(rec)
+    failed = {**rec, "status": "failed", "metrics": None, "error": "RuntimeError: boom"}
+    store.write(failed)
+    assert store.read(path) == rec

@@ -19,11 +19,14 @@ def test_decorator_registration_and_lookup():
     assert reg.names() == ["alpha", "beta"] and "alpha" in reg and len(reg) == 2
 
 
-def test_duplicate_registration_raises():
+def test_duplicate_registration_names_both_files_in_one_short_line(tmp_path):
     reg = Registry("widget")
     reg.register("alpha", 1)
-    with pytest.raises(ValueError, match="duplicate widget 'alpha'"):
-        reg.register("alpha", 2)
+    with pytest.raises(UserError) as e:
+        reg.register("alpha", {"a huge object": list(range(1000))})
+    msg = str(e.value)
+    assert "duplicate widget 'alpha'" in msg and msg.count(__file__) == 2 and "\n" not in msg
+    assert len(msg) < 400 and "a huge object" not in msg
     assert reg.get("alpha") == 1
 
 

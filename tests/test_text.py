@@ -244,8 +244,8 @@ def test_embedding_pgd_lowers_accuracy_and_respects_its_bound(trained, norm, eps
     metrics = evaluate(model, ADAPTER, data.test, [AttackSpec.parse(f"pgd:norm={norm},eps={eps},steps=10"),
                                                    AttackSpec.parse(f"pgd:norm={norm},eps=0,steps=10")],
                        batch_size=4, device=torch.device("cpu"), collate=data.collate)
-    assert metrics["attacks"][0]["accuracy"] < metrics["clean"]
-    assert metrics["attacks"][1]["accuracy"] == metrics["clean"]  # a zero budget changes nothing
+    assert metrics["attacks"][0]["value"] < metrics["clean"]
+    assert metrics["attacks"][1]["value"] == metrics["clean"]  # a zero budget changes nothing
 
 
 # --- every method, end to end ---------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_every_method_trains_tiny_distilbert(method, options, tmp_path):
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in rec["history"])
     m = rec["metrics"]
-    assert m["n"] == 8 and 0 <= m["attacks"][0]["accuracy"] <= m["clean"] <= 100
+    assert m["n"] == 8 and 0 <= m["attacks"][0]["value"] <= m["clean"] <= 100
     # the weights moved, the word embeddings included (AT trains them through the perturbed surface)
     initial = rt.build_model(options).state_dict()
     trained_state = torch.load(tmp_path / "runs" / plan.run_id / "model.pt", map_location="cpu")
@@ -291,7 +291,7 @@ def test_deepwordbug_runs_offline_with_textattack_statistics(trained):
     assert correct >= 4
     assert s["attacked"] + s["skipped"] == correct == s["words_count"]
     assert s["succeeded"] + s["failed"] == s["attacked"] and s["skipped"] == 0
-    assert a["accuracy"] == pytest.approx(100 * s["failed"] / n)  # TextAttack's accuracy under attack
+    assert a["value"] == pytest.approx(100 * s["failed"] / n)  # TextAttack's accuracy under attack
     assert s["queries_count"] == s["attacked"] and s["queries_sum"] >= s["attacked"]
     assert s["perturbed_pct_count"] <= s["succeeded"]
     if s["perturbed_pct_count"]:
@@ -299,7 +299,7 @@ def test_deepwordbug_runs_offline_with_textattack_statistics(trained):
     assert s["succeeded"] >= 1  # character edits turn the tiny model's sentiment words into [UNK]
     # per-sentence seeding: the same numbers again
     again = evaluate(model, ADAPTER, subset, [spec], batch_size=3, device=torch.device("cpu"), collate=data.collate)
-    assert again["attacks"][0]["stats"] == s and again["attacks"][0]["accuracy"] == a["accuracy"]
+    assert again["attacks"][0]["stats"] == s and again["attacks"][0]["value"] == a["value"]
 
 
 @pytest.mark.parametrize("recipe", ["textfooler", "textbugger"])

@@ -98,7 +98,7 @@ def test_data_is_deterministic_and_has_the_models_statistics():
 
 def test_linear_logit_cross_entropy_is_the_logistic_loss():
     torch.manual_seed(0)
-    model = toy.LinearLogit()
+    model = toy.LinearLogit(toy.D + 1)
     x = torch.randn(64, toy.D + 1)
     label = torch.randint(0, 2, (64,))
     z = model.linear(x).squeeze(1)
@@ -110,7 +110,7 @@ def test_linear_logit_cross_entropy_is_the_logistic_loss():
 
 def test_attacks_never_touch_the_robust_feature():
     adapter = MODALITIES.get(TASK.modality)(TASK)
-    model = toy.LinearLogit()
+    model = toy.LinearLogit(toy.D + 1)
     with torch.no_grad():
         model.linear.weight.fill_(0.1)  # small: no example's loss saturates, so every gradient has a sign
     x, label = toy.sample(32, np.random.RandomState(3))
@@ -124,7 +124,7 @@ def test_attacks_never_touch_the_robust_feature():
 
 
 def test_analyze_reports_the_ratio():
-    model = toy.LinearLogit()
+    model = toy.LinearLogit(toy.D + 1)
     with torch.no_grad():
         model.linear.weight.copy_(torch.tensor([[2.0] + [0.5] * toy.D]))
     out = toy.analyze(model, TaskOptions())
@@ -159,7 +159,7 @@ def test_st_and_at_training_reach_their_targets(tmp_path):
     assert toy.sample_optimum(0.1) == pytest.approx(toy.w1_at(0.1), rel=0.03)
     # AT trades clean accuracy for robustness under the attack that erases the non-robust features
     assert at["metrics"]["clean"] < st["metrics"]["clean"]
-    assert at["metrics"]["attacks"][0]["accuracy"] > st["metrics"]["attacks"][0]["accuracy"] + 5
+    assert at["metrics"]["attacks"][0]["value"] > st["metrics"]["attacks"][0]["value"] + 5
 
     section = toy.report([st, at])
     assert "| ST (custom training) | 1 |" in section and "w1_AT(eps=0.1)" in section

@@ -6,26 +6,35 @@ exist, the adversarial surface tensors. Evaluation (suite.evaluate) combines att
 worst case, the way AutoAttack does.
 
 Spec syntax on the command line and in task files: `name` or `name:key=value,key=value`, e.g.
-`pgd:norm=linf,eps=2/255,steps=10`.
+`pgd:norm=linf,eps=2/255,steps=10`. The key `n` is not a parameter of the attack but of the
+evaluation: `deepwordbug:n=300` runs that attack on a class-stratified 300 of the evaluated
+examples (nested in them, the same for every method), so expensive attacks can see fewer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-import torch
+from typing import TYPE_CHECKING
 
 from suite.errors import UserError
 from suite.modalities.base import Adapter
 from suite.params import Param, resolve_params
 from suite.registry import ATTACKS
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass
 class AttackResult:
-    success: torch.Tensor  # bool, per example
-    adversarial: torch.Tensor | None = None  # perturbed surface, where the attack makes one
-    extra: dict | None = None  # per-attack statistics (queries, perturbed words, ...)
+    """What an attack returns for a batch. Evaluation computes each example's statistics from
+    `adversarial` (the perturbed surface) when it is given, which is how every metric (accuracy,
+    mIoU) is scored the same way for every attack; attacks that perturb something else (TextAttack
+    edits words) give only `success`, a bool per example: the example is no longer classified right."""
+    success: torch.Tensor | None = None
+    adversarial: torch.Tensor | None = None
+    extra: dict | None = None  # per-attack statistics (queries, perturbed words, ...), summed over batches
 
 
 class Attack:
@@ -45,28 +54,49 @@ class Attack:
         raise NotImplementedError
 
 
+def parse_spec(text: str, kind: str = "attack", example: str = "pgd:norm=linf,eps=2/255,steps=10"
+               ) -> tuple[str, list[tuple[str, str]]]:
+    """'name:key=value,key=value' -> (name, [(key, value), ...])."""
+    text = str(text).strip()
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise UserError(f"{kind} spec {text!r}: expected a name first (example: {example})")
+    params = []
+    if rest:
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UserError(f"{kind} spec {text!r}: expected key=value after ':', got {item!r} "
+                                f"(example: {example})")
+            params.append((key.strip(), value.strip()))
+    return name.strip(), params
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
     params: tuple[tuple[str, Any], ...] = ()
+    n: int = 0  # evaluate this attack on a stratified n of the evaluated examples (0 = all of them)
 
     @staticmethod
     def parse(text: str) -> "AttackSpec":
-        text = text.strip()
-        name, _, rest = text.partition(":")
-        params = []
-        if rest:
-            for item in rest.split(","):
-                key, eq, value = item.partition("=")
-                if not eq or not key.strip():
-                    raise UserError(f"attack spec {text!r}: expected key=value after ':', got {item!r} "
-                                    "(example: pgd:norm=linf,eps=2/255,steps=10)")
-                params.append((key.strip(), value.strip()))
-        return AttackSpec(name.strip(), tuple(params))
+        name, items = parse_spec(text)
+        params, n = [], 0
+        for key, value in items:
+            if key == "n":
+                try:
+                    n = int(value)
+                except ValueError:
+                    n = -1
+                if n < 1:
+                    raise UserError(f"attack spec {text!r}: n must be a positive number of examples, got {value!r}")
+            else:
+                params.append((key, value))
+        return AttackSpec(name, tuple(params), n)
 
     @staticmethod
-    def of(name: str, **params: Any) -> "AttackSpec":
-        return AttackSpec(name, tuple(params.items()))
+    def of(name: str, n: int = 0, **params: Any) -> "AttackSpec":
+        return AttackSpec(name, tuple(params.items()), n)
 
     def build(self, adapter: Adapter) -> Attack:
         cls = ATTACKS.get(self.name)
@@ -77,4 +107,7 @@ class AttackSpec:
 
     def resolved(self, adapter: Adapter) -> dict[str, Any]:
         """The attack's full parameters (defaults filled in), for records and run ids."""
-        return {"name": self.name, **self.build(adapter).p}
+        out = {"name": self.name, **self.build(adapter).p}
+        if self.n:
+            out["n"] = self.n
+        return out

@@ -36,13 +36,18 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def random_start(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform in the linf ball; uniform in the l2 ball (direction ~ Gaussian, radius ~ U^(1/d))."""
+    """linf: uniform in the ball. l2: a uniformly random direction with a radius drawn uniformly in
+    [0, eps], as torchattacks' PGDL2 and Madry et al.'s robustness library do.
+
+    Not uniform in the l2 ball: in d dimensions almost all of that ball's volume lies near its
+    boundary (radius ~ eps * U^(1/d)), and from there 10 steps of eps/4 explore less; on the digits
+    model that start left 3 points more robust accuracy at l2 0.5 than torchattacks' PGD-L2.
+    """
     if norm == "linf":
         return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    d = x[0].numel()
     r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
-    return g / (_per_example_norm(g) + 1e-12) * eps * r.pow(1.0 / d)
+    return g / (_per_example_norm(g) + 1e-12) * eps * r
 
 
 def _constrain(x0, delta, norm, eps, mask, bounds):
@@ -64,19 +69,26 @@ def pgd(
     step_size: float,
     steps: int,
     random_init: bool = True,
+    loss_fn=None,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Maximise the adapter's loss over the surface within the `norm` ball of radius `eps`.
+    """Maximise a loss over the surface within the `norm` ball of radius `eps`.
 
-    Returns the adversarial surface tensor (detached). With eps == 0 it returns the clean surface
-    exactly. The model's mode is left as it is: AT attacks in train mode (callers freeze BatchNorm
-    statistics), evaluation attacks in eval mode.
+    The loss is the adapter's (summed over examples) unless `loss_fn(output, batch) -> scalar` is
+    given (e.g. CW's margin loss, TRADES' KL); it must be a sum of per-example terms, so that each
+    example's gradient is its own. `init` is a given starting perturbation (TRADES starts at
+    x + 0.001 N(0, I)), constrained like a random one. Returns the adversarial surface tensor (detached). With eps == 0
+    it returns the clean surface exactly. The model's mode is left as it is: AT attacks in train mode
+    (callers freeze BatchNorm statistics), evaluation attacks in eval mode.
     """
     x0 = adapter.surface(model, batch).detach()
     if eps == 0 or steps == 0:
         return x0
     mask = adapter.surface_mask(batch)
     bounds = adapter.bounds
-    if random_init:
+    if init is not None:
+        delta = _constrain(x0, init, norm, eps, mask, bounds)
+    elif random_init:
         delta = _constrain(x0, random_start(x0, norm, eps), norm, eps, mask, bounds)
     else:
         delta = torch.zeros_like(x0)
@@ -88,7 +100,7 @@ def pgd(
         for _ in range(steps):
             delta.requires_grad_(True)
             out = adapter.forward_surface(model, batch, x0 + delta)
-            loss = adapter.loss(out, batch, reduction="sum")
+            loss = adapter.loss(out, batch, reduction="sum") if loss_fn is None else loss_fn(out, batch)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta = delta + step_size * ascent_direction(grad, norm)

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from suite.attacks.base import Attack, AttackResult
 from suite.errors import UserError
@@ -156,6 +155,7 @@ RECIPES = (
 
 @lru_cache(maxsize=None)
 def _wrapper_class():
+    import torch
     from textattack.models.wrappers import HuggingFaceModelWrapper
 
     class SuiteModelWrapper(HuggingFaceModelWrapper):
@@ -230,6 +230,7 @@ class TextAttackRecipe(Attack):
         return attack
 
     def run(self, model, batch):
+        import torch
         from textattack.attack_results import FailedAttackResult, SkippedAttackResult, SuccessfulAttackResult
 
         attack = self._attack_for(model)

@@ -7,7 +7,6 @@ single training pass on the adversarial batch is the one that updates them.
 """
 from __future__ import annotations
 
-from suite.attacks.engine import pgd
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
 from suite.params import NORMS, Param, at_least_one, fmt_value, nonneg
@@ -49,6 +48,8 @@ class PGDAdversarialTraining(_AdversarialTraining):
         return self.p["steps"] + 1.0
 
     def inner_attack(self, model, batch, adapter):
+        from suite.attacks.engine import pgd
+
         return pgd(model, adapter, batch, norm=self.p["norm"], eps=self.p["eps"], step_size=self.step(),
                    steps=self.p["steps"], random_init=self.p["random_start"])
 
@@ -70,6 +71,8 @@ class FastAdversarialTraining(_AdversarialTraining):
         return 2.0
 
     def inner_attack(self, model, batch, adapter):
+        from suite.attacks.engine import pgd
+
         alpha = 1.25 * self.p["eps"] if self.p["alpha"] is None else self.p["alpha"]
         return pgd(model, adapter, batch, norm=self.p["norm"], eps=self.p["eps"], step_size=alpha, steps=1,
                    random_init=True)

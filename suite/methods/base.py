@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
-import torch
+from typing import TYPE_CHECKING
 
 from suite.modalities.base import Adapter
+
+if TYPE_CHECKING:
+    import torch
 from suite.params import Param, fmt_value, resolve_params
 
 

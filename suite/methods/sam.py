@@ -15,8 +15,6 @@ use batch statistics but leave the running ones alone (see `frozen_bn_stats`).
 """
 from __future__ import annotations
 
-import torch
-
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
 from suite.params import Param, nonneg, unit_interval
@@ -43,6 +41,8 @@ class _AscentMethod(Method):
         loss.backward()
 
     def train_step(self, model, batch, optimizer, adapter):
+        import torch
+
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         out, loss = self._first_pass(model, batch, adapter)
@@ -63,6 +63,8 @@ class _AscentMethod(Method):
 
 
 def _global_norm(tensors) -> torch.Tensor:
+    import torch
+
     ts = [t for t in tensors if t is not None]
     if not ts:
         return torch.tensor(0.0)
@@ -116,6 +118,8 @@ class ESAM(_AscentMethod):
         return 1.0 + 1.0 / 3.0 + self.p["gamma"]
 
     def _first_pass(self, model, batch, adapter):
+        import torch
+
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if self.p["beta"] < 1.0:  # SWP: tensors left out get no gradient and no perturbation
             keep = torch.rand(len(named)) < self.p["beta"]
@@ -139,6 +143,8 @@ class ESAM(_AscentMethod):
         return [None if g is None else g * scale for g in grads]
 
     def _second_pass(self, model, batch, adapter, first_out, first_loss):
+        import torch
+
         n = adapter.batch_size(batch)
         k = n if self.p["gamma"] >= 1.0 else max(1, int(n * self.p["gamma"]))
         if k < n:

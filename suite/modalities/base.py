@@ -8,10 +8,11 @@ with a perturbed surface in place of the clean one, `bounds` is the box the surf
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used, so that listing the registries stays fast
+    import torch
+    from torch import nn
 
 
 class Adapter:
@@ -54,8 +55,30 @@ class Adapter:
     def surface_mask(self, batch: Any) -> torch.Tensor | None:
         return None
 
+    # --- evaluation ----------------------------------------------------------------------------
+    # Evaluation keeps per-example statistics for the clean pass and for every attack, and takes the
+    # worst case per example. The defaults are classification's: the statistic is "correct", the
+    # metric is accuracy, and attacks run only on examples the model classifies correctly (the
+    # others are wrong already). Segmentation overrides all four (a confusion matrix per image,
+    # pixel accuracy as the per-image score, mIoU and friends as metrics, every image attacked).
+    attack_only_correct: bool = True
+
+    def example_stats(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Per-example statistics, first dimension N (classification: bool 'correct')."""
+        return self.correct(output, batch)
+
+    def example_score(self, stats: torch.Tensor) -> torch.Tensor:
+        """One float per example; the worst case over attacks is, per example, the lowest score."""
+        return stats.float()
+
+    def summarize(self, stats: torch.Tensor) -> dict[str, Any]:
+        """Metrics (percent) of a set of examples from their stacked statistics; the key `self.metric`
+        is the headline number."""
+        return {self.metric: 100.0 * stats.float().mean().item() if len(stats) else float("nan")}
+
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    from torch import nn
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 

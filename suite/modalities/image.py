@@ -1,28 +1,21 @@
 """Classification on dense inputs: images (pixels in [0, 1], NCHW) and feature vectors.
 
 Batches are `(x, y)` tensors. The model takes inputs in [0, 1] and normalizes inside itself (see
-`Normalize`), so attacks and AT all work in one space: the one the data lives in.
+`suite.models.layers.Normalize`), so attacks and AT all work in one space: the one the data lives
+in. Images may be kept in memory as uint8 (4x smaller than float32); they become [0, 1] floats when
+a batch moves to the device.
 """
 from __future__ import annotations
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from suite.modalities.base import Adapter
 from suite.registry import MODALITIES
 
 
-class Normalize(nn.Module):
-    """Per-channel (x - mean) / std as the model's first layer."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
+def __getattr__(name):  # `from suite.modalities.image import Normalize` still works, lazily
+    if name == "Normalize":
+        from suite.models.layers import Normalize
+        return Normalize
+    raise AttributeError(name)
 
 
 @MODALITIES.register("image")
@@ -31,8 +24,13 @@ class ImageClassification(Adapter):
     bounds = (0.0, 1.0)
 
     def to_device(self, batch, device):
+        import torch
+
         x, y = batch
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:  # images kept in memory as uint8 become [0, 1] here
+            x = x.float().div_(255.0)
+        return x, y.to(device, non_blocking=True)
 
     def batch_size(self, batch):
         return int(batch[1].shape[0])
@@ -45,6 +43,9 @@ class ImageClassification(Adapter):
         return model(batch[0])
 
     def loss(self, output, batch, reduction="mean"):
+        import torch
+        import torch.nn.functional as F
+
         # half-precision (AMP) logits are upcast; float64 ones are kept, not rounded to float32
         if output.dtype in (torch.float16, torch.bfloat16):
             output = output.float()
@@ -72,6 +73,8 @@ class FeatureClassification(ImageClassification):
     bounds = None
 
     def surface_mask(self, batch):
+        import torch
+
         mask = getattr(self.task, "perturbable", None) if self.task is not None else None
         if mask is None:
             return None

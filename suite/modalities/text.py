@@ -18,89 +18,25 @@ that follows the `TextClassifier` contract, and the suite imports without the `t
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from suite.errors import UserError
 from suite.modalities.base import Adapter
 from suite.registry import MODALITIES
 
 
-class TextClassifier(nn.Module):
-    """A Hugging Face sequence-classification model plus its tokenizer and maximum length.
-
-    `forward` returns logits; it takes `input_ids` or `inputs_embeds` (word embeddings, before the
-    model adds position embeddings). The tokenizer is a plain attribute (not a module), so the state
-    dict holds the network's weights only, under `net.`.
-    """
-
-    def __init__(self, net: nn.Module, tokenizer: Any, max_length: int = 128):
-        super().__init__()
-        self.net = net
-        self.tokenizer = tokenizer
-        self.max_length = int(max_length)
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
-        if inputs_embeds is not None:
-            return self.net(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
-        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The word embeddings the model would look up for `input_ids` (with gradient to the table)."""
-        return self.net.get_input_embeddings()(input_ids)
-
-    def encode(self, texts: Sequence[str]) -> dict:
-        """Tokenize with dynamic padding and truncation at `max_length`: the one tokenization used
-        for training, evaluation and TextAttack's queries."""
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
-
-
-class TextCollate:
-    """DataLoader collate: a list of (text, label) pairs -> a padded batch dict.
-
-    A class rather than a closure so that DataLoader workers can pickle it.
-    """
-
-    def __init__(self, tokenizer: Any, max_length: int = 128):
-        self.tokenizer = tokenizer
-        self.max_length = int(max_length)
-
-    def __call__(self, items: Sequence[tuple[str, int]]) -> dict:
-        texts = [t for t, _ in items]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "labels": torch.tensor([int(y) for _, y in items], dtype=torch.long),
-            "text": texts,
-        }
-
-
-class TextDataset(torch.utils.data.Dataset):
-    """Sentences and integer labels; items are (text, label)."""
-
-    def __init__(self, texts: Sequence[str], labels: Sequence[int]):
-        if len(texts) != len(labels):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        self.texts = list(texts)
-        self.labels = [int(y) for y in labels]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> tuple[str, int]:
-        return self.texts[i], self.labels[i]
+def __getattr__(name):  # the model and data classes live in suite.models / suite.data (they import torch)
+    if name == "TextClassifier":
+        from suite.models.text import TextClassifier
+        return TextClassifier
+    if name in ("TextCollate", "TextDataset"):
+        import suite.data.text as d
+        return getattr(d, name)
+    raise AttributeError(name)
 
 
 _TENSOR_KEYS = ("input_ids", "attention_mask", "labels")
 
 
-def _require_text_model(model: nn.Module) -> nn.Module:
+def _require_text_model(model):
     if not (hasattr(model, "embed") and hasattr(model, "tokenizer")):
         raise UserError(f"the text modality needs a TextClassifier-like model (with .embed and .tokenizer), "
                         f"got {type(model).__name__}")
@@ -133,6 +69,8 @@ class TextClassification(Adapter):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     def loss(self, output, batch, reduction="mean"):
+        import torch.nn.functional as F
+
         return F.cross_entropy(output.float(), batch["labels"], reduction=reduction)
 
     def correct(self, output, batch):
@@ -140,6 +78,8 @@ class TextClassification(Adapter):
 
     # --- attack surface: word embeddings -------------------------------------------------------
     def surface(self, model, batch):
+        import torch
+
         with torch.no_grad():
             return _require_text_model(model).embed(batch["input_ids"]).detach()
 

@@ -1,0 +1,36 @@
+"""The analysis contract.
+
+An analysis is built from (modality adapter, declared parameters) and run once on the trained model
+after evaluation:
+
+    result = analysis.run(model, dataset, collate=..., device=..., seed=...)
+
+`dataset` is the task's *training* split (sharpness and curvature are properties of the training
+loss); an analysis chooses its own fixed, seeded subset of it (`suite.subsets.select`). It returns a
+dict with at least {"value": float} (the leaderboard cell) and may add more numbers; the runner adds
+the time it took. It must be deterministic given `seed` and must leave the model exactly as it found
+it (weights, buffers, mode).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from suite.params import Param, resolve_params
+
+
+class Analysis:
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+    modalities: ClassVar[tuple[str, ...]] = ()  # () = every modality
+    params: ClassVar[Mapping[str, Param]] = {}
+
+    def __init__(self, adapter: Any, **params: Any):
+        self.adapter = adapter
+        self.p = resolve_params(f"analysis {self.name}", self.params, params)
+
+    def label(self) -> str:
+        """Column header, e.g. 'sharpness rho=0.05'."""
+        raise NotImplementedError
+
+    def run(self, model, dataset, *, collate, device, seed: int) -> dict[str, Any]:
+        raise NotImplementedError

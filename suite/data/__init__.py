@@ -1,0 +1,1 @@
+"""Dataset readers for official on-disk formats, in-memory datasets, and batch augmentations."""
