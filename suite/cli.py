@@ -116,6 +116,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                           "(n=N: that attack on a stratified N of the evaluated examples)")
     run.add_argument("--analyses", nargs="*", default=None, metavar="SPEC",
                      help="replace the task's analyses, e.g. sharpness:rho=0.05 hessian (none: --analyses)")
+    run.add_argument("--corruptions", default=None, metavar="SPEC",
+                     help="corruption robustness (CIFAR-10-C style files under --data-dir): paper, all, all:3, fog:3,...")
     run.add_argument("--force", action="store_true", help="run again even if this run is recorded")
     _common(run)
     names = _method_flags(run)
@@ -126,6 +128,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     ev.add_argument("--checkpoint", required=True, help="a suite checkpoint or a plain state dict")
     ev.add_argument("--attacks", nargs="+", default=None, metavar="SPEC")
     ev.add_argument("--analyses", nargs="*", default=None, metavar="SPEC")
+    ev.add_argument("--corruptions", default=None, metavar="SPEC")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the metrics here (must not exist)")
     ev.add_argument("--record", action="store_true",
@@ -206,12 +209,15 @@ def cmd_run(args, names) -> int:
 
     params = {n: getattr(args, f"mp_{n}") for n in names if getattr(args, f"mp_{n}") is not None}
     plan = plan_run(args.task, args.method, method_params=params, overrides=_kv(args.overrides, "--set"),
-                    seed=args.seed, attacks=args.attacks, analyses=args.analyses, options=_options(args))
+                    seed=args.seed, attacks=args.attacks, analyses=args.analyses, corruptions=args.corruptions,
+                    options=_options(args))
     _check_out_dirs(args)
-    device = resolve_device(args.device)
+    from suite import distributed
+    device = distributed.setup(resolve_device(args.device))  # under torchrun: join the job, one device each
     rec = execute(plan, RecordStore(Path(args.out)), work_dir=Path(args.work_dir), device=device, force=args.force,
                   progress=not args.no_progress)
-    _print_metrics(rec["metrics"], rec.get("cost", {}))
+    if distributed.is_main():
+        _print_metrics(rec["metrics"], rec.get("cost", {}))
     return 0
 
 
@@ -225,6 +231,9 @@ def _print_metrics(m: dict, cost: dict | None = None) -> None:
     if m.get("worst_case") is not None:
         n = f" (n={m['worst_case_n']})" if m.get("worst_case_n") != m["n"] else ""
         print(f"  worst case: {m['worst_case']:.2f}%{n}")
+    if m.get("corruptions"):
+        c = m["corruptions"]
+        print(f"  {c['dataset']} mean over {len(c['items'])}: {c['mean']:.2f}% (n={c['subset']['n']})")
     for a in m.get("analysis", []):
         print(f"  {a['label']}: {a['value']:.4g}")
     if cost and cost.get("train_time_s") is not None:
@@ -241,13 +250,16 @@ def cmd_eval(args) -> int:
     if not Path(args.checkpoint).is_file():
         raise UserError(f"checkpoint {args.checkpoint}: no such file")
     plan = plan_run(args.task, "st", overrides=_kv(args.overrides, "--set"), seed=args.seed, attacks=args.attacks,
-                    analyses=args.analyses, options=_options(args))
+                    analyses=args.analyses, corruptions=args.corruptions, options=_options(args))
     _check_out_dirs(args)
-    device = resolve_device(args.device)
+    from suite import distributed
+    device = distributed.setup(resolve_device(args.device))  # under torchrun: evaluation sharded over ranks
     store = RecordStore(Path(args.out)) if args.record else None
     rec = execute_eval(plan, Path(args.checkpoint), store, label=args.label, device=device,
                        work_dir=Path(args.work_dir), force=args.force, progress=not args.no_progress)
     metrics = rec["metrics"]
+    if not distributed.is_main():
+        return 0
     _print_metrics(metrics)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +331,9 @@ def cmd_sweep(args) -> int:
     from suite.records import RecordStore
     from suite.runner import RunFailed, RunLock, execute, plan_run, resolve_device
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("sweep is not run under torchrun: launch `torchrun ... -m suite run ...` per run, or "
+                        "spread the grid over processes with --shard I/N (one GPU each)")
     task, runs, grid_seeds, sets = load_grid(args.grid)
     seeds = args.seeds if args.seeds is not None else (grid_seeds or [0])
     sets.update(_kv(args.overrides, "--set"))

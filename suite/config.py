@@ -160,4 +160,6 @@ class Task:
     default_model: str | None = None
     analyze: Callable[[Any, TaskOptions], dict] | None = None  # optional extra numbers from the trained model
     analyses: tuple = ()            # analysis specs run after evaluation (e.g. "sharpness:rho=0.05")
+    corruption_data: str = ""       # folder under --data-dir with <corruption>.npy files (e.g. "CIFAR-10-C")
+    corruptions: str = ""           # default corruption spec (suite.data.corruptions), "" = none
     needs_data_dir: bool = False    # the task reads files from --data-dir / SUITE_DATA_DIR

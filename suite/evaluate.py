@@ -18,6 +18,12 @@ their clean statistics); segmentation attacks run on every image.
 
 The per-example statistics are saved after every batch, so an interrupted evaluation resumes where
 it stopped and gives the same numbers (attack randomness is seeded per attack and batch).
+
+Several processes (torchrun): batch b is evaluated by rank b mod W; after each round of W batches the
+ranks exchange their per-example statistics, so every rank holds the whole state, and rank 0 saves
+it (in the same format as one process: a state saved under any number of processes resumes under
+any other). Since each batch's attack is seeded by (attack, batch), the numbers are exactly those of
+one process.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from suite import distributed as D
 from suite import subsets
 from suite.attacks.base import AttackSpec
 from suite.modalities.base import Adapter
@@ -43,6 +50,28 @@ def eval_batches(dataset, batch_size: int, collate=None):
         tensors = dataset.tensors
         return [tuple(t[i:i + batch_size] for t in tensors) for i in range(0, len(dataset), batch_size)]
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def _batches_of(dataset, batch_size: int, collate, wanted: list[int]):
+    """(b, batch) for the batch numbers in `wanted` (increasing), loading only those."""
+    from suite.train import in_memory
+
+    if in_memory(dataset) and collate is None:
+        tensors = dataset.tensors
+        return [(b, tuple(t[b * batch_size:(b + 1) * batch_size] for t in tensors)) for b in wanted]
+    n = len(dataset)
+    sampler = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in wanted]
+    return zip(wanted, DataLoader(dataset, batch_sampler=sampler, collate_fn=collate))
+
+
+def _merged(mine: dict) -> dict:
+    """{batch: result} of every rank (each batch is computed by exactly one rank)."""
+    from suite import distributed as D
+
+    out = {}
+    for part in D.gather_objects(mine):
+        out.update(part)
+    return out
 
 
 def evaluate(
@@ -78,26 +107,26 @@ def evaluate(
         m[torch.as_tensor(np.searchsorted(eval_idx, idx), dtype=torch.long)] = True
         covers.append(m)
     key = {"n": n, "indices": subsets.indices_hash(eval_idx), "specs": [repr(a) for a in attacks]}
-    state = _load_state(state_path, key, len(attacks))
+    world, rank = D.world_size(), D.rank()
+    state = D.broadcast_object(_load_state(state_path, key, len(attacks)) if D.is_main() else None)
     t0 = time.perf_counter()
+    n_batches = -(-n // batch_size)
 
-    # clean pass
+    # clean pass (batch b on rank b mod world)
     if state["clean"] is None:
-        parts = []
+        parts = {}
         with torch.no_grad():
-            for batch in eval_batches(view, batch_size, collate):
+            for b, batch in _batches_of(view, batch_size, collate, list(range(rank, n_batches, world))):
                 batch = adapter.to_device(batch, device)
-                parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
-        state["clean"] = torch.cat(parts)
+                parts[b] = adapter.example_stats(adapter.forward(model, batch), batch).cpu()
+        parts = _merged(parts) if world > 1 else parts
+        state["clean"] = torch.cat([parts[b] for b in sorted(parts)]) if parts else torch.zeros(0, dtype=torch.bool)
         _save_state(state_path, state)
     clean = state["clean"]
     clean_score = adapter.example_score(clean)
 
     if checks and built:
-        try:
-            from suite.attacks.sanity import check_model
-        except ImportError:  # TEMPORARY until the sanity module lands
-            check_model = lambda *a: None  # noqa: E731
+        from suite.attacks.sanity import check_model
         first = next(iter(eval_batches(view, min(batch_size, 64), collate)))
         check_model(model, adapter, adapter.to_device(first, device), device)
 
@@ -109,31 +138,29 @@ def evaluate(
         todo = covers[i] & ~done
         if not todo.any():
             continue
-        batches = eval_batches(view, batch_size, collate)
-        if progress:
+        # the batches that still have examples to attack; each round gives one to every rank
+        pending = [b for b in range(n_batches) if todo[b * batch_size:(b + 1) * batch_size].any()]
+        rounds = [pending[j:j + world] for j in range(0, len(pending), world)]
+        if progress and D.is_main():
             from tqdm.auto import tqdm
-            batches = tqdm(batches, desc=f"attack {attack.label()}", leave=False, dynamic_ncols=True)
-        for b, batch in enumerate(batches):
-            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-            want = covers[i][lo:hi] & ~done[lo:hi]
-            if not want.any():
-                continue
-            if adapter.attack_only_correct:
-                # classification: a misclassified example is not attacked; it keeps its clean statistics
-                want = want & (clean_score[lo:hi] > 0)
-            # random starts: seeded per (attack, batch), so a resumed evaluation draws the same
-            # numbers for the batches it still has to run as an uninterrupted one would
-            torch.manual_seed(seed + 7919 * (i + 1) + 1_000_003 * b)
-            idx = torch.nonzero(want).flatten()
-            if len(idx):
-                batch = adapter.to_device(batch, device)
-                sub = adapter.subset(batch, idx.to(device))
-                res = attack.run(model, sub)
-                stats[lo + idx] = _attacked_stats(model, adapter, sub, res, clean[lo + idx])
-                for k, v in (res.extra or {}).items():
-                    extra_acc[k] = extra_acc.get(k, 0.0) + float(v)
-                state["attacked"][i] += len(idx)
-            done[lo:hi] |= covers[i][lo:hi]
+            rounds = tqdm(rounds, desc=f"attack {attack.label()}", leave=False, dynamic_ncols=True)
+        for group in rounds:
+            results = {}
+            for b, batch in _batches_of(view, batch_size, collate, group[rank:rank + 1]):
+                results[b] = _attack_batch(model, adapter, attack, batch, b, i, seed, device, covers[i], done,
+                                           clean, clean_score, batch_size, n)
+            if world > 1:
+                results = _merged(results)
+            for b in sorted(results):  # in batch order, as one process adds them up
+                lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+                res = results[b]
+                if res is not None:
+                    idx, attacked, extra = res
+                    stats[lo + idx] = attacked
+                    for k, v in extra.items():
+                        extra_acc[k] = extra_acc.get(k, 0.0) + v
+                    state["attacked"][i] += len(idx)
+                done[lo:hi] |= covers[i][lo:hi]
             _save_state(state_path, state)
 
     metric = adapter.metric
@@ -178,6 +205,54 @@ def evaluate(
     return metrics
 
 
+def evaluate_corruptions(model, adapter, folder, items, *, dataset_name: str, batch_size: int, device,
+                         n_examples: int = 0, subset_strategy: str = "stratified", subset_seed: int = 0) -> dict:
+    """The clean metric under each corruption (CIFAR-10-C style files), on a subset of the corrupted
+    test images chosen from their own labels the same way as the evaluation subset (so every method
+    sees the same images), and the mean over the corruptions."""
+    from suite.data import corruptions as C
+
+    labels = C.block_labels(folder, dataset_name)
+    proxy = torch.utils.data.TensorDataset(torch.zeros(len(labels), 0), torch.from_numpy(labels))
+    idx = subsets.select(proxy, n_examples, subset_strategy, subset_seed)
+    model.to(device).eval()
+    rows = []
+    for name, severity in items:
+        ds = C.load_corruption(folder, name, severity, idx, dataset=dataset_name)
+        parts = []
+        with torch.no_grad():
+            for batch in eval_batches(ds, batch_size):
+                batch = adapter.to_device(batch, device)
+                parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
+        value = adapter.summarize(torch.cat(parts))[adapter.metric]
+        rows.append({"name": name, "severity": severity, "label": f"{name}:{severity}", "value": value,
+                     "n": len(idx)})
+    return {"dataset": dataset_name, "subset": subsets.describe(subset_strategy, subset_seed, idx, len(labels)),
+            "items": rows, "mean": sum(r["value"] for r in rows) / len(rows)}
+
+
+def _attack_batch(model, adapter, attack, batch, b, i, seed, device, cover, done, clean, clean_score,
+                  batch_size, n):
+    """Attack i on batch b: (positions in the batch, their statistics under attack, extra numbers),
+    or None when no example of the batch is attacked."""
+    lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+    want = cover[lo:hi] & ~done[lo:hi]
+    if adapter.attack_only_correct:
+        # classification: a misclassified example is not attacked; it keeps its clean statistics
+        want = want & (clean_score[lo:hi] > 0)
+    # random starts: seeded per (attack, batch), so a resumed (or sharded) evaluation draws the same
+    # numbers for the batches it still has to run as an uninterrupted one would
+    torch.manual_seed(seed + 7919 * (i + 1) + 1_000_003 * b)
+    idx = torch.nonzero(want).flatten()
+    if not len(idx):
+        return None
+    batch = adapter.to_device(batch, device)
+    sub = adapter.subset(batch, idx.to(device))
+    res = attack.run(model, sub)
+    attacked = _attacked_stats(model, adapter, sub, res, clean[lo + idx])
+    return idx, attacked, {k: float(v) for k, v in (res.extra or {}).items()}
+
+
 def _attacked_stats(model, adapter, batch, res, clean_stats):
     """Per-example statistics under attack: from the adversarial input, else from the success flags."""
     if res.adversarial is not None:
@@ -207,7 +282,9 @@ def _load_state(path: Path | None, key: dict, k: int) -> dict:
 
 
 def _save_state(path: Path | None, state: dict) -> None:
-    if path is None:
+    from suite import distributed as D
+
+    if path is None or not D.is_main():  # every rank holds the merged state; rank 0 writes it
         return
     from suite.train import atomic_save
     atomic_save(state, path)

@@ -106,6 +106,10 @@ class Row:
                 self.analysis[a["label"]].append(a["value"])
         self.corruptions = [r["metrics"]["corruption_mean"] for r in self.records
                             if r["metrics"].get("corruption_mean") is not None]
+        self.per_corruption: dict[str, list[float]] = defaultdict(list)
+        for r in self.records:
+            for item in (r["metrics"].get("corruptions") or {}).get("items", []):
+                self.per_corruption[item["label"]].append(item["value"])
         self.passes = first.get("cost", {}).get("passes_per_step")
         steps = [t for t in map(_time_per_step, self.records) if t]
         self.step_time = statistics.fmean(steps) if steps else None
@@ -216,6 +220,28 @@ def _secondary_table(rows: list[Row], metric: str) -> list[str]:
     return out
 
 
+def _corruption_table(rows: list[Row]) -> list[str]:
+    labels: list[str] = []
+    for row in rows:
+        for r in row.records:
+            for item in (r["metrics"].get("corruptions") or {}).get("items", []):
+                if item["label"] not in labels:
+                    labels.append(item["label"])
+    if not labels:
+        return []
+    first = next(r["metrics"]["corruptions"] for row in rows for r in row.records if r["metrics"].get("corruptions"))
+    sub = first["subset"]
+    out = [f"### Corruptions ({first['dataset']}, corruption:severity)", "",
+           "| method | " + " | ".join(labels) + " | mean |", "|" + "|".join(["---"] + ["---:"] * (len(labels) + 1)) + "|"]
+    for row in rows:
+        if row.per_corruption:
+            out.append("| " + " | ".join([row.label] + [_cell(row.per_corruption.get(lbl, [])) for lbl in labels]
+                                         + [_cell(row.corruptions)]) + " |")
+    out += ["", f"Clean accuracy on {sub['n']} of the {sub['of']} corrupted test images per corruption "
+                f"({sub['strategy']} subset, seed {sub['seed']}), the same images for every row.", ""]
+    return out
+
+
 def render(task: Task, records: list[dict]) -> str:
     records = [r for r in records if r["task"]["name"] == task.name]
     failed = sum(r["status"] == "failed" for r in records)
@@ -235,6 +261,7 @@ def render(task: Task, records: list[dict]) -> str:
         out += _table(rows, baselines, metric)
         out += ["", _protocol(rows, metric, failed if gi == 0 else 0), ""]
         out += _secondary_table(rows, metric)
+        out += _corruption_table(rows)
         out += _attack_details(rows)
     if groups:
         out += [f"![clean vs robust]({task.name}.png)", ""]

@@ -31,6 +31,7 @@ from suite.modalities.base import Adapter
 from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
 from suite.registry import ANALYSES, METHODS, MODALITIES, TASKS, load_builtins
 from suite.train import atomic_save, train
+from suite import distributed as D
 
 
 def default_data_dir() -> Path:
@@ -79,9 +80,20 @@ class RunPlan:
     seed: int
     attacks: list[AttackSpec]
     analyses: list[tuple[str, dict]]
+    corruptions: list[tuple[str, int]]
     options: TaskOptions
     identity: dict
     run_id: str
+
+
+# Training settings added after runs were first recorded (the speed switches of suite.train): they
+# enter a run's identity only when set away from their defaults, so earlier run ids stay valid.
+LATER_TRAIN_FIELDS = {"channels_last": False, "compile": False, "sync_bn": False, "sam_ascent": "global"}
+
+
+def train_identity(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if not (k in LATER_TRAIN_FIELDS and v == LATER_TRAIN_FIELDS[k])}
 
 
 def split_overrides(task: Task, method_cls, items: Mapping[str, str]) -> tuple[dict, dict]:
@@ -139,6 +151,7 @@ def plan_run(
     seed: int = 0,
     attacks: list[str] | None = None,
     analyses: list[str] | None = None,
+    corruptions: str | None = None,
     options: TaskOptions | None = None,
 ) -> RunPlan:
     load_builtins()
@@ -159,16 +172,33 @@ def plan_run(
     resolved = [spec.resolved(adapter) for spec in specs]  # validates every attack now, not after training
     an_specs = [parse_analysis(a) for a in (task.analyses if analyses is None else analyses)]
     an_resolved = [{"name": name, **build_analysis((name, p), adapter).p} for name, p in an_specs]
+    corr = _plan_corruptions(task, task.corruptions if corruptions is None else corruptions)
     options = options or TaskOptions()
     model_id = options.model or task.default_model
     identity = {
         "task": task.name, "task_version": task.version, "model": model_id,
         "method": method.name, "method_params": method.p,
-        "train": dataclasses.asdict(cfg), "seed": seed, "evaluation": resolved,
+        "train": train_identity(cfg), "seed": seed, "evaluation": resolved,
     }
     if an_resolved:  # absent when empty, so runs without analyses keep the ids they always had
         identity["analyses"] = an_resolved
-    return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, options, identity, run_id(identity))
+    if corr:
+        identity["corruptions"] = [f"{n}:{s}" for n, s in corr]
+    return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, corr, options, identity, run_id(identity))
+
+
+def _plan_corruptions(task: Task, spec: str) -> list[tuple[str, int]]:
+    if not spec:
+        return []
+    if not task.corruption_data:
+        raise UserError(f"task {task.name} has no corruption data (only tasks with a CIFAR-10-C-style folder do); "
+                        "drop --corruptions")
+    from suite.data.corruptions import parse_spec
+    return parse_spec(spec)
+
+
+def corruption_folder(plan: RunPlan, options: TaskOptions) -> Path:
+    return Path(options.data_dir or default_data_dir()) / plan.task.corruption_data
 
 
 def build_data(plan_task: Task, options: TaskOptions):
@@ -185,6 +215,13 @@ def prepare_data(plan: RunPlan):
     if cfg.train_examples:
         idx = subsets.select(data.train, cfg.train_examples, cfg.train_subset, cfg.subset_seed)
         data.train = subsets.subset(data.train, idx)
+    if plan.corruptions:  # the files are checked before anything trains
+        from suite.data.corruptions import check_folder
+        check_folder(corruption_folder(plan, options), plan.corruptions, plan.task.corruption_data)
+    # the evaluation subsets are chosen now, so a setting that cannot work fails before training
+    sizes = [cfg.eval_examples] + [spec.n for spec in plan.attacks if spec.n]
+    if any(0 < k < len(data.test) for k in sizes):
+        subsets.nested(data.test, sizes, cfg.eval_subset, cfg.subset_seed)
     if cfg.eval_subset == "first" and cfg.eval_examples and data.test_order != "shuffled":
         raise UserError(f"eval_subset=first takes the first {cfg.eval_examples} test examples, but task "
                         f"{plan.task.name}'s test split is not known to be in shuffled order here "
@@ -261,6 +298,9 @@ def execute(
     one the caller already holds."""
     check_writable_dir(store.root, "--out")
     check_writable_dir(work_dir, "--work-dir")
+    if D.active():
+        return _execute_ranks(plan, store, work_dir=work_dir, device=device, force=force, progress=progress,
+                              log=log)
     path = store.path(plan.task.name, plan.run_id)
     if store.exists(plan.task.name, plan.run_id) and not force:
         log(f"already recorded: {path} (use --force to run again)")
@@ -282,6 +322,33 @@ def execute(
             lock.release()
 
 
+def _execute_ranks(plan, store, *, work_dir, device, force, progress, log) -> dict:
+    """One run trained by every process of a torchrun job: rank 0 holds the run's lock and decides
+    whether it is recorded already; every rank trains and evaluates its share (suite.distributed);
+    rank 0 alone logs and writes."""
+    path = store.path(plan.task.name, plan.run_id)
+    lock, recorded = None, None
+    if D.is_main():
+        if force or not store.exists(plan.task.name, plan.run_id):
+            lock = RunLock(store, plan.task.name, plan.run_id)
+            if not lock.acquire(wait=False):
+                log(f"run {plan.run_id} is being run by another process; waiting for it")
+                lock.acquire(wait=True)
+        recorded = store.exists(plan.task.name, plan.run_id) and not force
+    recorded = D.broadcast_object(recorded)
+    try:
+        if recorded:
+            if D.is_main():
+                log(f"already recorded: {path} (use --force to run again)")
+            return D.broadcast_object(store.read(path) if D.is_main() else None)
+        quiet = log if D.is_main() else (lambda *args, **kwargs: None)
+        return _execute_locked(plan, store, work_dir=Path(work_dir), device=device, force=force,
+                               progress=progress and D.is_main(), log=quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> dict:
     path = store.path(plan.task.name, plan.run_id)
     run_dir = work_dir / plan.run_id
@@ -293,7 +360,8 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
         "method": {"name": plan.method.name, "params": plan.method.p, "label": plan.method.label()},
         "train": plan.identity["train"], "seed": plan.seed,
         "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
-                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", [])},
+                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
+                       "corruptions": plan.identity.get("corruptions", [])},
         "metrics": None, "cost": {}, "provenance": {},
     }
     t_start = time.perf_counter()
@@ -306,18 +374,22 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
         notes = list(getattr(model, "suite_notes", []) or [])
         for note in notes:
             log(f"note: {note}")
-        if force and (run_dir / "checkpoint.pt").exists():
+        if force and D.is_main() and (run_dir / "checkpoint.pt").exists():
             (run_dir / "checkpoint.pt").unlink()  # --force means from scratch
             (run_dir / "eval_state.pt").unlink(missing_ok=True)
         log(f"run {plan.run_id}: task {plan.task.name}, {plan.method.label()}, seed {plan.seed}, "
             f"{cfg.epochs} epochs on {len(data.train)} examples, {device}")
         result = train(model, plan.method, plan.adapter, data, cfg, seed=plan.seed, device=device,
                        checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=progress, log=log)
-        atomic_save(model.state_dict(), run_dir / "model.pt")
+        if D.is_main():  # under torchrun, rank 0 writes every file
+            atomic_save(model.state_dict(), run_dir / "model.pt")
         metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size,
                            device=device, collate=data.collate, state_path=run_dir / "eval_state.pt",
                            seed=plan.seed, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
                            subset_seed=cfg.subset_seed, progress=progress)
+        if plan.corruptions:
+            metrics["corruptions"] = run_corruptions(plan, model, options, device)
+            metrics["corruption_mean"] = metrics["corruptions"]["mean"]
         if plan.analyses:
             metrics["analysis"] = run_analyses(plan, model, data, device, log)
         record["metrics"] = metrics
@@ -332,7 +404,7 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
             "eval_time_s": metrics["eval_time_s"], "steps": result.steps,
             "passes_per_step": plan.method.cost(), "peak_memory_mb": peak_memory_mb(device),
             "device": device_name(device), "amp": result.amp, "resumed_from_epoch": result.resumed_from_epoch,
-            "train_examples": len(data.train),
+            "train_examples": len(data.train), "world_size": result.world_size,
         }
         record["provenance"] = provenance(data.fingerprint)
     except (UserError, KeyboardInterrupt):
@@ -341,11 +413,22 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
         record["error"] = "".join(traceback.format_exception(e))[-4000:]
         record["cost"] = {"wall_time_s": time.perf_counter() - t_start, "device": device_name(device)}
         record["provenance"] = provenance()
-        store.write(record)  # never replaces a complete record (RecordStore.write refuses)
+        if D.is_main():
+            store.write(record)  # never replaces a complete record (RecordStore.write refuses)
         raise RunFailed(f"run {plan.run_id} failed: {type(e).__name__}: {e} (recorded in {path})") from e
-    store.write(record)
-    log(f"recorded {path}")
+    if D.is_main():
+        store.write(record)
+        log(f"recorded {path}")
     return record
+
+
+def run_corruptions(plan: RunPlan, model, options, device) -> dict:
+    from suite.evaluate import evaluate_corruptions
+    cfg = plan.cfg
+    return evaluate_corruptions(model, plan.adapter, corruption_folder(plan, options), plan.corruptions,
+                                dataset_name=plan.task.corruption_data, batch_size=cfg.eval_batch_size,
+                                device=device, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
+                                subset_seed=cfg.subset_seed)
 
 
 def run_analyses(plan: RunPlan, model, data, device, log) -> list[dict]:
@@ -439,8 +522,9 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
     identity = {"task": plan.task.name, "task_version": plan.task.version, "model": plan.identity["model"],
                 "method": "checkpoint", "checkpoint_sha256": digest, "eval": eval_cfg, "seed": plan.seed,
                 "evaluation": plan.identity["evaluation"]}
-    if plan.identity.get("analyses"):
-        identity["analyses"] = plan.identity["analyses"]
+    for key in ("analyses", "corruptions"):
+        if plan.identity.get(key):
+            identity[key] = plan.identity[key]
     rid = run_id(identity)
     path = store.path(plan.task.name, rid) if store is not None else None
     if store is not None and store.exists(plan.task.name, rid) and not force:
@@ -454,6 +538,9 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
                        collate=data.collate, state_path=work_dir / f"eval-{rid}" / "eval_state.pt", seed=plan.seed,
                        n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset, subset_seed=cfg.subset_seed,
                        progress=progress)
+    if plan.corruptions:
+        metrics["corruptions"] = run_corruptions(plan, model, options, device)
+        metrics["corruption_mean"] = metrics["corruptions"]["mean"]
     if plan.analyses:
         metrics["analysis"] = run_analyses(plan, model, data, device, log)
     record = {
@@ -464,13 +551,14 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
                    "label": label or f"checkpoint {checkpoint.name}"},
         "train": {}, "seed": plan.seed,
         "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
-                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", [])},
+                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
+                       "corruptions": plan.identity.get("corruptions", [])},
         "metrics": metrics,
         "cost": {"wall_time_s": time.perf_counter() - t0, "eval_time_s": metrics["eval_time_s"],
                  "device": device_name(device)},
         "provenance": provenance(data.fingerprint),
     }
-    if store is not None:
+    if store is not None and D.is_main():
         with RunLock(store, plan.task.name, rid):
             store.write(record)
         log(f"recorded {path}")

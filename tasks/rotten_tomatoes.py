@@ -283,6 +283,13 @@ def build_model(options: TaskOptions):
 # 128 test sentences): PGD-10 linf 0.002 -> 59%, 0.005 -> 15%, 0.01 -> 1%; l2 0.25 -> 18%, 0.5 -> 1%.
 # Text models are far more fragile in embedding space than images in pixel space, so the budgets are
 # small, in pairs (eps, 2 eps) like the paper's 1/255 and 2/255.
+# SAM's radius. The paper's text setting is rho = 0.5 (DistilBERT, not checkable offline). On MiniLM-L6
+# (4,000 stratified training sentences, one epoch, the rest of the recipe as below; whole test split)
+# rho = 0.5 and 0.2 kept the training loss at ln 2 (chance) for the whole epoch: clean 53.8% and 64.3%,
+# against 74.7% for ST; rho = 0.05 trained (73.6% clean; loss 0.688 vs ST's 0.666 averaged over the
+# epoch). So the default is 0.05, the largest radius of that sweep that trains (and Foret et al.'s
+# default); `--rho 0.5` gives the paper's setting.
+SAM_RHO = 0.05
 AT_L2 = {"norm": "l2", "eps": 0.2, "steps": 3, "step_size": 0.1}     # FreeLB-like: 3 ascent steps
 AT_LINF = {"norm": "linf", "eps": 0.002, "steps": 3, "step_size": 0.001}
 EVALUATION = (
@@ -297,7 +304,7 @@ EVALUATION = (
 TASKS.register("text_rt", Task(
     name="text_rt",
     modality="text",
-    version="2",  # 2: whole test split for clean and embedding attacks, class-balanced 300 for DeepWordBug
+    version="2",  # 2: whole test split for clean and embedding attacks, class-balanced 300 for DeepWordBug; rho 0.05
     num_classes=2,
     description="Rotten Tomatoes sentiment (HF split), DistilBERT (--model: any HF checkpoint), TextAttack",
     build_data=build_data,
@@ -305,15 +312,18 @@ TASKS.register("text_rt", Task(
     recipe=TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=2e-5, weight_decay=0.01,
                        schedule="linear", warmup_epochs=0.3, eval_batch_size=64, eval_examples=0),
     method_defaults={
-        "sam": {"rho": 0.5},
+        "sam": {"rho": SAM_RHO},
         "asam": {"rho": 1.0},
-        "esam": {"rho": 0.5},
+        "esam": {"rho": SAM_RHO},
         "at": AT_L2,
         "fast_at": {"norm": "linf", "eps": 0.002},
     },
     evaluation=EVALUATION,
+    # weight-space sharpness and curvature on 256 training sentences (a transformer's Hessian-vector
+    # product costs about six forward-backward passes: keep it small on a CPU)
+    analyses=("sharpness:rho=0.05,examples=256", "asharpness:rho=0.5,examples=256", "hessian:examples=256,iters=10"),
     sweeps={
-        "text_rt_main": (("st", {}), ("sam", {"rho": 0.1}), ("sam", {"rho": 0.5}), ("asam", {}), ("esam", {}),
+        "text_rt_main": (("st", {}), ("sam", {"rho": 0.05}), ("sam", {"rho": 0.5}), ("asam", {}), ("esam", {}),
                          ("at", AT_L2), ("at", AT_LINF), ("fast_at", {})),
     },
     default_model=DEFAULT_MODEL,

@@ -218,3 +218,76 @@ def test_restarts_only_add_broken_examples(digits_cnn):
     assert bool((five <= one).all())  # every example robust to 5 restarts was robust to the first
     assert five.sum() < one.sum()  # and the restarts do break more
     assert AttackSpec.parse("pgd:norm=l2,eps=0.4,restarts=5").build(IMAGE).label() == "PGD-10 l2 0.4, 5 restarts"
+
+
+# --- corruption robustness through the runner ----------------------------------------------------------
+def _corruption_task(tmp_path):
+    """A 3x4x4 image task whose test images are the corrupted files' severity-3 block, written here."""
+    from suite.config import DataBundle, Task, TrainConfig
+    from suite.registry import TASKS
+
+    rng = np.random.RandomState(0)
+    n = 40
+    labels = np.tile(np.arange(4), n // 4).astype(np.int64)
+    clean = (rng.rand(n, 4, 4, 3) * 255).astype(np.uint8)
+    folder = tmp_path / "data" / "TOY-C"
+    folder.mkdir(parents=True)
+    np.save(folder / "labels.npy", np.tile(labels, 5))
+    fog = np.concatenate([clean] * 5)
+    fog[2 * n:3 * n] = 255 - clean  # severity 3: inverted images
+    np.save(folder / "fog.npy", fog)
+    np.save(folder / "snow.npy", np.concatenate([clean] * 5))
+
+    def build_data(options):
+        x = torch.from_numpy(clean.transpose(0, 3, 1, 2).copy())
+        y = torch.from_numpy(labels)
+        return DataBundle(train=TensorDataset(x, y), test=TensorDataset(x, y))
+
+    def build_model(options):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
+
+    TASKS.register("_toy_c", Task(name="_toy_c", modality="image", version="1", num_classes=4, description="t",
+                                  build_data=build_data, build_model=build_model, needs_data_dir=True,
+                                  recipe=TrainConfig(epochs=1, batch_size=8, lr=0.01), corruption_data="TOY-C"))
+    return clean, labels
+
+
+def test_corruption_accuracy_is_recorded_per_corruption_and_averaged(tmp_path):
+    from suite.config import TaskOptions as Opts
+    from suite.records import RecordStore
+    from suite.registry import TASKS
+    from suite.runner import execute, plan_run
+
+    clean, labels = _corruption_task(tmp_path)
+    try:
+        with pytest.raises(UserError, match="unknown corruption 'fgo'"):
+            plan_run("_toy_c", "st", corruptions="fgo:3")
+        plan = plan_run("_toy_c", "st", corruptions="fog:3,snow:1", attacks=[], analyses=[],
+                        overrides={"eval_examples": "20"}, options=Opts(data_dir=tmp_path / "data"))
+        rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=CPU, progress=False)
+        model = TASKS.get("_toy_c").build_model(None)
+        model.load_state_dict(torch.load(tmp_path / "runs" / plan.run_id / "model.pt"))
+        c = rec["metrics"]["corruptions"]
+        idx = subsets.select(TensorDataset(torch.zeros(40, 0), torch.from_numpy(labels)), 20, "stratified", 0)
+        acc = {}
+        for name, images in (("fog:3", 255 - clean), ("snow:1", clean)):
+            x = torch.from_numpy(images[idx].transpose(0, 3, 1, 2).copy()).float() / 255
+            with torch.no_grad():
+                acc[name] = 100.0 * (model(x).argmax(1) == torch.from_numpy(labels[idx])).float().mean().item()
+        assert [(i["label"], i["n"]) for i in c["items"]] == [("fog:3", 20), ("snow:1", 20)]
+        assert [i["value"] for i in c["items"]] == pytest.approx([acc["fog:3"], acc["snow:1"]])
+        assert rec["metrics"]["corruption_mean"] == pytest.approx((acc["fog:3"] + acc["snow:1"]) / 2)
+        assert c["items"][1]["value"] == pytest.approx(rec["metrics"]["clean"])  # snow:1 here is the clean images
+        # a missing file is one line, before anything trains
+        (tmp_path / "data" / "TOY-C" / "snow.npy").unlink()
+        plan2 = plan_run("_toy_c", "st", seed=1, corruptions="snow:1", attacks=[], analyses=[],
+                         options=Opts(data_dir=tmp_path / "data"))
+        with pytest.raises(UserError, match="snow.npy is missing"):
+            execute(plan2, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=CPU, progress=False)
+        assert not (tmp_path / "runs" / plan2.run_id).exists()
+        from suite.leaderboard import render
+        md = render(TASKS.get("_toy_c"), RecordStore(tmp_path / "out").load("_toy_c"))
+        assert "| fog:3 | snow:1 | mean |" in md and "corruption mean" in md
+    finally:
+        TASKS.unregister("_toy_c")

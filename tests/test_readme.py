@@ -20,7 +20,16 @@ def test_readme_example_task_runs(tmp_path, capsys):
         assert rc == 0, capsys.readouterr().err
         (rec,) = RecordStore(tmp_path / "lb").load("iris")
         assert rec["metrics"]["clean"] >= 80.0  # iris is easy; an untrained MLP sits near 33%
-        assert [a["label"] for a in rec["metrics"]["attacks"]] == ["PGD-10 linf 0.1", "PGD-10 l2 0.3"]
+        assert [a["label"] for a in rec["metrics"]["attacks"]] == ["PGD-10 linf 0.5", "PGD-10 l2 1"]
         assert rec["metrics"]["worst_case"] <= rec["metrics"]["clean"]
+        # the example's budgets separate the methods: AT is far more robust than ST
+        worst = {}
+        for method in ("st", "at"):
+            rc = main(["run", "--include", str(task_file), "--task", "iris", "--method", method, "--out",
+                       str(tmp_path / "lb"), "--work-dir", str(tmp_path / "runs"), "--no-progress"])
+            assert rc == 0
+            (r,) = [r for r in RecordStore(tmp_path / "lb").load("iris") if r["method"]["name"] == method]
+            worst[method] = r["metrics"]["worst_case"]
+        assert worst["at"] > worst["st"] + 10, worst
     finally:
         TASKS.unregister("iris")

@@ -251,7 +251,7 @@ def test_embedding_pgd_lowers_accuracy_and_respects_its_bound(trained, norm, eps
 # --- every method, end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_trains_tiny_distilbert(method, options, tmp_path):
-    plan = plan_run("text_rt", method, options=options, attacks=["pgd:norm=l2,eps=0.5,steps=2"],
+    plan = plan_run("text_rt", method, options=options, attacks=["pgd:norm=l2,eps=0.5,steps=2"], analyses=[],
                     overrides={"epochs": "2", "batch_size": "16", "lr": "1e-3", "warmup_epochs": "0.5",
                                "eval_examples": "8", "eval_batch_size": "8"})
     rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=torch.device("cpu"),
@@ -331,3 +331,13 @@ def test_minilm_checkpoint_loads_as_a_sequence_classifier(tiny_data):
     b = batch.collate([batch.test[0], batch.test[1]])
     with torch.no_grad():
         assert ADAPTER.forward(model.eval(), b).shape == (2, 2)
+
+
+def test_sharpness_analyses_run_on_text(options, tmp_path):
+    plan = plan_run("text_rt", "st", options=options, attacks=[],
+                    analyses=["sharpness:rho=0.05,examples=16,steps=2,batch_size=8", "hessian:examples=16,iters=3"],
+                    overrides={"epochs": "1", "batch_size": "16", "lr": "1e-3", "eval_examples": "8"})
+    rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=torch.device("cpu"),
+                  progress=False, log=lambda *a: None)
+    sharp, hess = rec["metrics"]["analysis"]
+    assert sharp["examples"] == 16 and sharp["value"] >= 0 and hess["value"] > 0

@@ -287,13 +287,18 @@ class HessianTopEigenvalue(Analysis):
                 "hvps": done * len(batches)}
 
     def _hvp(self, model, batches, params, v, total):
-        """H v for the loss averaged over all chosen examples, accumulated batch by batch."""
+        """H v for the loss averaged over all chosen examples, accumulated batch by batch.
+
+        Attention runs in its plain-math form here: the fused scaled-dot-product kernels have no
+        second derivative (transformers, e.g. the text task's models, would fail)."""
         import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         hv = [torch.zeros_like(p) for p in params]
         for batch in batches:
             weight = self.adapter.batch_size(batch) / total
-            loss = self.adapter.loss(self.adapter.forward(model, batch), batch) * weight
+            with sdpa_kernel(SDPBackend.MATH):
+                loss = self.adapter.loss(self.adapter.forward(model, batch), batch) * weight
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             dot = sum((g * vi).sum() for g, vi in zip(grads, v) if g is not None)
             if not torch.is_tensor(dot) or not dot.requires_grad:

@@ -81,6 +81,11 @@ def pgd(
     it returns the clean surface exactly. The model's mode is left as it is: AT attacks in train mode
     (callers freeze BatchNorm statistics), evaluation attacks in eval mode.
     """
+    from suite.distributed import unwrap
+
+    # Under DistributedDataParallel the attack runs on the module itself: it needs no parameter
+    # gradients, and a forward through DDP's reducer would wait for gradients that never come.
+    model = unwrap(model)
     x0 = adapter.surface(model, batch).detach()
     if eps == 0 or steps == 0:
         return x0
@@ -92,7 +97,9 @@ def pgd(
         delta = _constrain(x0, random_start(x0, norm, eps), norm, eps, mask, bounds)
     else:
         delta = torch.zeros_like(x0)
-    # Parameter gradients are not needed here; only the surface's.
+    # Parameter gradients are not needed here; only the surface's. autograd.grad(loss, delta) would
+    # skip the weight-gradient kernels anyway, but with the parameters frozen the forward also keeps
+    # fewer tensors for backward, and no .grad can be touched (AT's gradient is taken after).
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)

@@ -7,6 +7,26 @@ methods perturb the weights around it rather than wrapping it in a second optimi
 
 Each method declares its parameters (validated by `suite.params`) and its cost in forward-backward
 passes per step, counting a forward-only pass as 1/3 (a backward costs about two forwards).
+
+The returned statistics may be floats or 0-dim tensors. Tensors are better on a GPU: `.item()` waits
+for the GPU at every step, while the trainer sums tensors on the device and reads them once an epoch.
+
+Mixed precision. The trainer runs each step inside one autocast context (amp=bf16 or fp16). Autocast
+keeps its low-precision copies of the weights for as long as the context is open, so a method that
+changes weights in place between passes (SAM's w + e) calls `torch.clear_autocast_cache()` after
+changing them. Under amp=fp16 the trainer sets `method.scaler` to a `torch.amp.GradScaler` (None
+otherwise) and accepts only methods that declare `supports_fp16 = True`. Such a method backpropagates
+`scaler.scale(loss)` instead of `loss`, divides gradients by the scale before it reads their values
+(SAM's norm), and steps with `scaler.step(optimizer); scaler.update()`, which skips the step when a
+gradient overflowed; a method with several passes makes an overflow in any of them skip the step
+(suite.methods.sam shows how).
+
+Several processes (torchrun, suite.distributed). `model` is then a DistributedDataParallel wrapper:
+a backward through it averages parameter gradients over the processes (weighted by each one's share
+of the global batch). Passes that need no parameter gradient (attacks, ranking forwards) run on the
+module itself, `suite.distributed.unwrap(model)` (the PGD engine does this). The trainer also sets
+`method.ascent_sync`: False when SAM-style methods should take their ascent direction from each
+process's own gradient (`sam_ascent=per_replica`, in `model.no_sync()`) instead of the global one.
 """
 from __future__ import annotations
 

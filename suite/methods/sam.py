@@ -12,8 +12,34 @@ w and let the base optimizer step with that gradient:
 
 BatchNorm running statistics are updated once per step, by the first pass at w; passes at w + e
 use batch statistics but leave the running ones alone (see `frozen_bn_stats`).
+
+What ESAM's savings are, as implemented (costs measured with benchmarks/perf.py):
+- SWP: the first backward computes the gradients of the chosen tensors only (`backward(inputs=...)`:
+  autograd skips the weight-gradient kernels of the others, and stops early below the lowest
+  chosen tensor). Parameters keep requires_grad, which DistributedDataParallel and torch.compile
+  need to stay unchanged from step to step.
+- SDS: the examples are ranked by a forward pass at w + e without a graph (about a third of a
+  forward-backward pass), and the second forward-backward runs on the gamma * B chosen examples only.
+  The alternative that runs no forward twice (one forward at w + e with a graph on the whole
+  batch, then a backward of the chosen examples' losses) is dearer: the backward through the whole
+  batch's graph costs the whole batch whatever the gradient's zeros, about 0.6 ST more at gamma 0.5.
+  It would also change the algorithm with BatchNorm (the chosen examples' gradient would flow
+  through statistics of the whole batch, not those of the chosen ones as in the authors' code).
+
+Mixed precision (amp=fp16): the trainer sets `scaler` (a torch.amp.GradScaler). Both backward passes
+run on the scaled loss; the first pass's gradient is unscaled before the perturbation's norm is taken;
+an overflow in the first pass leaves e = 0 and marks the second pass's gradient as overflowed, so
+`scaler.step` skips the step (and lowers the scale) on an overflow in either pass.
+
+Several processes (torchrun): the model is DistributedDataParallel. The first-pass gradient is the
+global batch's (all-reduced; `sam_ascent=per_replica` keeps each rank's own, m-sharpness), so every
+rank takes the same ascent step; the second pass is all-reduced by DDP. ESAM's tensor choice is drawn
+on rank 0 and broadcast; its data selection ranks each rank's own share (as the authors' code does
+per GPU).
 """
 from __future__ import annotations
+
+import contextlib
 
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
@@ -24,42 +50,98 @@ from suite.registry import METHODS
 class _AscentMethod(Method):
     """Shared SAM skeleton; subclasses define the perturbation."""
 
+    scaler = None          # set by the trainer under amp=fp16 (see the module docstring)
+    ascent_sync = True     # set by the trainer: all-reduce the first-pass gradient across ranks
+
     def perturbation(self, named: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | None]:
         raise NotImplementedError
 
     def cost(self) -> float:
         return 2.0
 
+    def _backward(self, loss, inputs=None) -> None:
+        """loss.backward(), on the scaled loss under amp=fp16."""
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(inputs=inputs)
+
+    def _ascent_context(self, model):
+        """The first pass under DDP: its gradient is all-reduced, unless the ascent is per replica."""
+        from suite import distributed as D
+
+        if D.is_ddp(model) and not self.ascent_sync:
+            return model.no_sync()
+        return contextlib.nullcontext()
+
     def _first_pass(self, model, batch, adapter):
-        out = adapter.forward(model, batch)
-        loss = adapter.loss(out, batch)
-        loss.backward()
+        with self._ascent_context(model):
+            out = adapter.forward(model, batch)
+            loss = adapter.loss(out, batch)
+            self._backward(loss)
         return out, loss
 
     def _second_pass(self, model, batch, adapter, first_out, first_loss):
         loss = adapter.loss(adapter.forward(model, batch), batch)
-        loss.backward()
+        self._backward(loss)
 
     def train_step(self, model, batch, optimizer, adapter):
         import torch
 
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        from suite import distributed as D
+
+        net = D.unwrap(model)
+        named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         out, loss = self._first_pass(model, batch, adapter)
         with torch.no_grad():
+            overflow = self._unscale_first_pass(named)
             eps = self.perturbation(named)
             backup = [p.detach().clone() for _, p in named]
             for (_, p), e in zip(named, eps):
                 if e is not None:
                     p.add_(e)
+        # Autocast keeps the low-precision copies of the weights it made in the first pass for as long
+        # as its context is open, and the trainer opens one per step: without this, the pass "at
+        # w + e" would run its convolutions and matmuls on copies of w.
+        torch.clear_autocast_cache()
         optimizer.zero_grad(set_to_none=True)
-        with frozen_bn_stats(model):
+        with frozen_bn_stats(net):
             self._second_pass(model, batch, adapter, out, loss)
         with torch.no_grad():  # restore w exactly (w + e - e is not w in floating point)
             for (_, p), b in zip(named, backup):
                 p.copy_(b)
-        optimizer.step()
-        return {"loss": loss.item(), "acc": adapter.correct(out.detach(), batch).float().mean().item()}
+        torch.clear_autocast_cache()
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            if overflow is not None:  # an overflow in the first pass skips the step like one in the second
+                grads = [p.grad for _, p in named if p.grad is not None]
+                if grads:
+                    grads[0].masked_fill_(overflow, float("inf"))
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        return {"loss": loss.detach(), "acc": adapter.correct(out.detach(), batch).float().mean()}
+
+    def _unscale_first_pass(self, named):
+        """amp=fp16: divide the first-pass gradient by the loss scale (in place) before the
+        perturbation reads it. Returns a bool tensor, True if it overflowed (then the gradient is
+        zeroed, so e = 0 and the pass at w + e stays finite); None without a scaler."""
+        if self.scaler is None:
+            return None
+        import torch
+
+        grads = [p.grad for _, p in named if p.grad is not None]
+        if not grads:
+            return None
+        scale = self.scaler.scale(torch.ones((), device=grads[0].device))  # a tensor: no device sync
+        inv = (1.0 / scale).to(grads[0].dtype)
+        for g in grads:
+            g.mul_(inv)
+        overflow = ~torch.isfinite(_global_norm(grads))
+        keep = (~overflow).to(grads[0].dtype)
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0).mul_(keep)
+        return overflow
 
 
 def _global_norm(tensors) -> torch.Tensor:
@@ -76,6 +158,7 @@ class SAM(_AscentMethod):
     name = "sam"
     description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||"
     params = {"rho": Param(float, 0.05, "radius of the l2 weight perturbation", check=nonneg)}
+    supports_fp16 = True
 
     def perturbation(self, named):
         grads = [p.grad for _, p in named]
@@ -91,6 +174,7 @@ class ASAM(_AscentMethod):
         "rho": Param(float, 0.5, "radius in the normalized weight space", check=nonneg),
         "eta": Param(float, 0.01, "offset of the normalization operator T = |w| + eta", check=nonneg),
     }
+    supports_fp16 = True
 
     def perturbation(self, named):
         ts = [(p.detach().abs() + self.p["eta"]) if "weight" in n else None for n, p in named]
@@ -109,10 +193,12 @@ class ESAM(_AscentMethod):
         "beta": Param(float, 0.5, "probability that a parameter tensor is perturbed (SWP)", check=unit_interval),
         "gamma": Param(float, 0.5, "fraction of the batch used for the second gradient (SDS)", check=unit_interval),
     }
+    supports_fp16 = True
 
     def cost(self) -> float:
         # first forward-backward, a forward at w + e to rank examples, a second pass on gamma of them;
-        # with gamma = 1 no ranking forward is run (the step is SAM's)
+        # with gamma = 1 no ranking forward is run (the step is SAM's). SWP's savings (weight
+        # gradients of unperturbed tensors) come on top and are not counted here.
         if self.p["gamma"] >= 1.0:
             return 2.0
         return 1.0 + 1.0 / 3.0 + self.p["gamma"]
@@ -120,20 +206,28 @@ class ESAM(_AscentMethod):
     def _first_pass(self, model, batch, adapter):
         import torch
 
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        from suite import distributed as D
+
+        net = D.unwrap(model)
+        params = [p for p in net.parameters() if p.requires_grad]
+        chosen = None
         if self.p["beta"] < 1.0:  # SWP: tensors left out get no gradient and no perturbation
-            keep = torch.rand(len(named)) < self.p["beta"]
-            for (_, p), k in zip(named, keep.tolist()):
-                p.requires_grad_(bool(k))
-        try:
-            out = adapter.forward(model, batch)
+            draws = D.same(torch.rand(len(params)))  # rank 0's draw on every rank
+            chosen = [p for p, k in zip(params, (draws < self.p["beta"]).tolist()) if k]
+        if chosen is None:  # every tensor: SAM's first pass, all-reduced by DDP (unless per replica)
+            with self._ascent_context(model):
+                out = adapter.forward(model, batch)
+                per_example = adapter.loss(out, batch, reduction="none")
+                loss = per_example.mean()
+                self._backward(loss)
+        else:  # some tensors: on the module itself (DDP's reducer waits for every gradient) ...
+            out = adapter.forward(net, batch)
             per_example = adapter.loss(out, batch, reduction="none")
             loss = per_example.mean()
-            if any(p.requires_grad for _, p in named):
-                loss.backward()
-        finally:
-            for _, p in named:
-                p.requires_grad_(True)
+            if chosen:
+                self._backward(loss, inputs=chosen)
+                if self.ascent_sync:  # ... and all-reduced here
+                    D.all_reduce_grads_(chosen)
         self._loss_before = per_example.detach()
         return out, loss
 
@@ -145,13 +239,16 @@ class ESAM(_AscentMethod):
     def _second_pass(self, model, batch, adapter, first_out, first_loss):
         import torch
 
+        from suite import distributed as D
+
         n = adapter.batch_size(batch)
         k = n if self.p["gamma"] >= 1.0 else max(1, int(n * self.p["gamma"]))
         if k < n:
-            with torch.no_grad():
-                after = adapter.loss(adapter.forward(model, batch), batch, reduction="none")
+            with torch.no_grad():  # rank by the rise of each example's loss, at w + e, without a graph
+                after = adapter.loss(adapter.forward(D.unwrap(model), batch), batch, reduction="none")
             sharpness = after - self._loss_before
             index = torch.topk(sharpness, k).indices.sort().values
             batch = adapter.subset(batch, index)
+        self._loss_before = None
         loss = adapter.loss(adapter.forward(model, batch), batch)
-        loss.backward()
+        self._backward(loss)
