@@ -217,9 +217,9 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     Buffers are not synchronised at every forward (one collective per forward pass, and SAM runs
     two): BatchNorm running statistics stay per rank and `average_buffers` averages them once per
     epoch instead."""
-    from torch.nn.parallel import DistributedDataParallel
-
     import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     # `forward_sync_buffers` replaced `broadcast_buffers` in recent PyTorch (buffers are still

@@ -28,7 +28,8 @@ def _eval_key(rec: dict) -> str:
     """The evaluation protocol of a run: attacks (with their n), subset settings, analyses."""
     m = rec.get("metrics") or {}
     sub = m.get("subset", {})
-    return canonical({"evaluation": rec["evaluation"], "subset": [sub.get("strategy"), sub.get("n"), sub.get("seed"),
+    evaluation = {k: v for k, v in rec["evaluation"].items() if v not in ([], {}, None, "")}  # absent == empty
+    return canonical({"evaluation": evaluation, "subset": [sub.get("strategy"), sub.get("n"), sub.get("seed"),
                                                                    sub.get("indices_sha256")]})
 
 
@@ -324,7 +325,7 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
             else "each attack runs on every example it covers")
     trained = [r for r in recs if r["train"]]
     parts = [
-        f"**Protocol.** {metric} in % on {chosen}; attacks: "
+        f"**Protocol.** {metric[:1].upper() + metric[1:]} in % on {chosen}; attacks: "
         f"{'; '.join(attack_parts) if attack_parts else 'none'} ({skip}; worst case = per example the worst of "
         f"clean and every attack, over the {worst_n} examples every attack saw)",
     ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from suite import distributed as D
 from suite import subsets
 from suite.attacks.base import AttackSpec
 from suite.config import Task, TaskOptions, TrainConfig
@@ -31,7 +32,6 @@ from suite.modalities.base import Adapter
 from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
 from suite.registry import ANALYSES, METHODS, MODALITIES, TASKS, load_builtins
 from suite.train import atomic_save, train
-from suite import distributed as D
 
 
 def default_data_dir() -> Path:

@@ -114,7 +114,7 @@ class Switches:
     sam_ascent: str = "global"
 
     @classmethod
-    def of(cls, cfg: TrainConfig) -> "Switches":
+    def of(cls, cfg: TrainConfig) -> Switches:
         s = cls(**{f.name: getattr(cfg, f.name, f.default) for f in fields(cls)})
         if s.sam_ascent not in SAM_ASCENT:
             raise UserError(f"invalid training setting sam_ascent={s.sam_ascent!r}: must be one of "

@@ -97,7 +97,7 @@ TASKS.register("camvid", Task(
     },
     evaluation=EVALUATION,
     sweeps={
-        "camvid_main": (("st", {}), ("sam", {"rho": 0.05}), ("sam", {"rho": 0.1}),
+        "camvid_main": (("st", {}), ("sam", {"rho": 0.05}),
                         ("at", {"norm": "linf", "eps": 2 / 255, "steps": 3, "step_size": 1 / 255})),
     },
     default_model="mobilenet_v2",

@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from suite.config import DataBundle, Task, TaskOptions, TrainConfig
 from suite.errors import UserError
+from suite.hub import hf_offline as _hf_offline
+from suite.hub import hub_reachable as _hub_reachable
 from suite.registry import TASKS
 
 DEFAULT_MODEL = "distilbert-base-uncased"
@@ -139,28 +140,6 @@ def find_rt_folder(data_dir: Path | None) -> Path | None:
     return None
 
 
-def _hf_offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0", "false", "False")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the hub, so that an offline machine fails in seconds rather than
-    after the hub client's retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-        url = urlparse(constants.ENDPOINT)
-    except ImportError:
-        url = urlparse("https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _load_hf_dataset() -> dict[str, tuple[list[str], list[int]]] | None:

@@ -28,3 +28,25 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """A small MLP trained for ~0.3 s on the digits task's train split, and its test split (a real
+    model that attacks can break, shared by the attack and evaluation tests)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from suite.config import TaskOptions
+    from tasks.digits import build_data
+
+    data = build_data(TaskOptions())
+    x, y = data.train.tensors
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), data.test

@@ -12,7 +12,6 @@ from torch.func import grad
 from suite.attacks.base import AttackSpec
 from suite.attacks.engine import pgd
 from suite.attacks.gradient import PGD
-from suite.config import TaskOptions
 from suite.evaluate import evaluate
 from suite.modalities.image import FeatureClassification, ImageClassification
 from suite.registry import ATTACKS, load_builtins
@@ -37,21 +36,6 @@ def image_model(seed=0):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)).eval()
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """A small MLP trained for ~1 s on the digits task's train split, and its test split."""
-    from tasks.digits import build_data
-
-    data = build_data(TaskOptions())
-    x, y = data.train.tensors
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), data.test
 
 
 # --- the engine: budget, box, eps = 0 -------------------------------------------------------------

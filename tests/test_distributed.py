@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -137,8 +136,8 @@ def ddp_results(tmp_path_factory):
 
 def assert_states_close(a: dict, b: dict, **tol):
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], **(tol or {"rtol": RTOL, "atol": ATOL}), msg=lambda m: f"{k}: {m}")
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], **(tol or {"rtol": RTOL, "atol": ATOL}), msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -218,11 +217,11 @@ def test_torchrun_two_processes_record_once_and_match_one_process(tmp_path):
     args = ["-m", "suite", "run", "--include", str(task), "--task", "ddp_mlp", "--method", "sam", "--rho", "0.2",
             "--attacks", "fgsm:eps=0.05", "--analyses", "--no-progress", "--device", "cpu"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one"), "--work-dir", str(tmp_path / "w1")],
-                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300)
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           *args, "--out", str(tmp_path / "two"), "--work-dir", str(tmp_path / "w2")],
-                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300)
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300, check=False)
     assert two.returncode == 0, two.stderr[-2000:]
     records = list((tmp_path / "two" / "records" / "ddp_mlp").glob("*.json"))
     assert len(records) == 1  # written once, by rank 0
@@ -262,12 +261,12 @@ def test_three_shards_and_an_overlapping_sweep_run_every_run_exactly_once(tmp_pa
                               env=_env()) for cmd in jobs]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-1500:] for log in logs)
-    started = [m for log in logs for m in re.findall(r"^run ([0-9a-f]{16}):", log, flags=re.M)]
+    started = [m for log in logs for m in re.findall(r"^run ([0-9a-f]{16}):", log, flags=re.MULTILINE)]
     records = sorted(p.stem for p in (tmp_path / "out" / "records" / "digits").glob("*.json"))
     assert len(records) == 8  # 4 configurations x 2 seeds
     assert sorted(started) == records  # every run trained exactly once, across all four processes
     # each shard ran only its own share (the overlapping sweep may take any)
     from suite.cli import shard_of
     for i, log in enumerate(logs[:3], 1):
-        for rid in re.findall(r"^run ([0-9a-f]{16}):", log, flags=re.M):
+        for rid in re.findall(r"^run ([0-9a-f]{16}):", log, flags=re.MULTILINE):
             assert shard_of(rid, 3) == i

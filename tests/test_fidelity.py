@@ -73,21 +73,6 @@ def test_labels_are_read_without_iterating_and_through_subsets():
 
 
 # --- evaluation on subsets ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits():
-    """A small MLP trained for ~1 s on the digits task's train split, and its test split."""
-    from tasks.digits import build_data
-
-    data = build_data(TaskOptions())
-    x, y = data.train.tensors
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), data.test
 
 
 def test_per_attack_example_counts_are_nested_paired_and_recorded(digits):

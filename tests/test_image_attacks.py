@@ -14,7 +14,6 @@ from suite.attacks.base import AttackSpec
 from suite.attacks.cw import cw_loss, cw_margin
 from suite.attacks.sanity import check_model
 from suite.attacks.stadv import flow_smoothness, warp
-from suite.config import TaskOptions
 from suite.data import corruptions as C
 from suite.errors import UserError
 from suite.evaluate import evaluate
@@ -25,21 +24,6 @@ CPU = torch.device("cpu")
 IMAGE = ImageClassification()
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """A small MLP trained for ~0.3 s on the digits task's train split, and its test split."""
-    from tasks.digits import build_data
-
-    data = build_data(TaskOptions())
-    x, y = data.train.tensors
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), data.test
 
 
 def correct_batch(digits, n, start=0):

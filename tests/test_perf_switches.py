@@ -15,13 +15,12 @@ Tolerances, each measured here first and then given room:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
 import pytest
 import torch
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from suite.config import TaskOptions, TrainConfig
 from suite.errors import UserError
@@ -68,7 +67,7 @@ def fit(method_name, cfg, params=None, epochs_data=192, seed=2, build=None):
     return model, res
 
 
-BASE = dict(epochs=2, batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0.5)
+BASE = {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.5}
 
 
 # --- off by default: nothing changes ---------------------------------------------------------------

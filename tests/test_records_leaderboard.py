@@ -142,3 +142,30 @@ def test_a_failure_never_replaces_a_complete_record(tmp_path):
     failed = {**rec, "status": "failed", "metrics": None, "error": "RuntimeError: boom"}
     store.write(failed)
     assert store.read(path) == rec
+
+
+def test_rows_evaluated_differently_are_never_ranked_together():
+    main = [make_record("st", seed=s, attacks=(("A", 10.0),)) for s in range(2)]
+    main.append(make_record("sam", {"rho": 0.1}, attacks=(("A", 20.0),), label="SAM rho=0.1"))
+    other = make_record("sam", {"rho": 0.2}, attacks=(("A", 90.0), ("B", 80.0)), label="SAM rho=0.2")
+    other["evaluation"] = {"attacks": [{"name": "pgd", "eps": 1 / 255}, {"name": "fgsm"}], "n_examples": 0}
+    other["run_id"] = "other"
+    md = render(TASKS.get("digits"), main + [other])
+    first, second = md.split("## Evaluation protocol B")
+    assert "## Evaluation protocol A (main)" in first and "SAM rho=0.2" not in first
+    assert "SAM rho=0.2" in second and "| ST |" not in second
+    assert md.count("**Protocol.**") == 2
+    # an empty list and an absent key describe the same evaluation
+    same = make_record("sam", {"rho": 0.4}, attacks=(("A", 30.0),), label="SAM rho=0.4")
+    same["evaluation"] = {**same["evaluation"], "corruptions": [], "analyses": []}
+    assert "Evaluation protocol" not in render(TASKS.get("digits"), main + [same])
+
+
+def test_cost_is_relative_to_st_with_the_same_training_settings():
+    recs = [make_record("st", train_time=10.0), make_record("sam", {"rho": 0.1}, train_time=20.0, label="SAM")]
+    long_st = make_record("st", seed=0, train_time=40.0)
+    long_st["train"] = {**long_st["train"], "epochs": 8}
+    long_st["run_id"] = "long"
+    md = render(TASKS.get("digits"), recs + [long_st])
+    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "2.00x" in rows["| SAM"] and "1.00x" in rows["| ST (epochs=2)"] and "1.00x" in rows["| ST (epochs=8)"]

@@ -179,7 +179,7 @@ def test_recipe_and_presets():
     assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs, r.schedule) == ("adamw", 2e-5, 0.01, 32, 3, "linear")
     assert 0 < r.warmup_epochs < r.epochs
     plan = plan_run("text_rt", "sam")
-    assert plan.method.p["rho"] == 0.5 and plan.cfg.optimizer == "adamw"
+    assert plan.method.p["rho"] == 0.05 and plan.cfg.optimizer == "adamw"  # from the MiniLM sweep
     assert any(s.name == "deepwordbug" for s in plan.attacks) and any(s.name == "pgd" for s in plan.attacks)
 
 

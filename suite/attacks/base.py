@@ -13,9 +13,7 @@ examples (nested in them, the same for every method), so expensive attacks can s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from suite.errors import UserError
 from suite.modalities.base import Adapter

@@ -30,9 +30,7 @@ process's own gradient (`sam_ascent=per_replica`, in `model.no_sync()`) instead 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from suite.modalities.base import Adapter
 

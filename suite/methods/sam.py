@@ -40,11 +40,15 @@ per GPU).
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
 from suite.params import Param, nonneg, unit_interval
 from suite.registry import METHODS
+
+if TYPE_CHECKING:  # torch is imported where it is used (listing the registries must not import it)
+    import torch
 
 
 class _AscentMethod(Method):

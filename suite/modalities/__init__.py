@@ -1,3 +1,2 @@
 """Modality adapters: one module per modality, each registering into MODALITIES."""
-from suite.modalities import image, text  # noqa: F401  (text imports transformers lazily)
-from suite.modalities import segmentation  # noqa: F401
+from suite.modalities import image, segmentation, text  # noqa: F401  (text imports transformers lazily)

@@ -19,7 +19,6 @@ Encoders: MobileNetV2 (the paper's choice) or ResNet-50, output stride 16 with A
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.errors import UserError
+from suite.hub import hf_offline as _hf_offline
+from suite.hub import hub_reachable as _hub_reachable
 from suite.modalities.image import Normalize
 
 ENCODERS = ("mobilenet_v2", "resnet50")
@@ -97,29 +98,6 @@ def build_deeplabv3(num_classes: int, spec: str | None = None) -> DeepLabV3Net:
     return model
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the hub: an unreachable hub costs seconds, not the hub client's
-    ~25 s of retries per file."""
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-        url = urlparse(constants.ENDPOINT)
-    except ImportError:
-        url = urlparse("https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _imagenet_encoder_state(encoder: str) -> dict | None:
     """smp's ImageNet weights for `encoder` (the same files `encoder_weights='imagenet'` loads), from
     the local cache when the hub is off or unreachable; None when they cannot be had."""
@@ -130,7 +108,7 @@ def _imagenet_encoder_state(encoder: str) -> dict | None:
     except ImportError:
         return None
     settings = encoders[encoder]["pretrained_settings"]["imagenet"]
-    local_only = _hub_offline() or not _hub_reachable()
+    local_only = _hf_offline() or not _hub_reachable()
     try:
         path = hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"],
                                local_files_only=local_only)
