@@ -328,6 +328,11 @@ def train(
 
     pin = device.type == "cuda"
     tensors = _tensors_on(data.train, device) if in_memory(data.train) and data.collate is None else None
+    # A trailing batch of one example is skipped (its scheduler step kept) when the model normalises
+    # with BatchNorm: training-mode BatchNorm cannot normalise one value per channel, which is what a
+    # pooled branch (DeepLabv3's ASPP image pooling) sees, and one example's statistics would be noise.
+    skip_single = len(data.train) > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                              for m in model.modules())
     show = progress and D.is_main()
     for epoch in range(start_epoch, cfg.epochs):
         step_model.train()
@@ -341,6 +346,9 @@ def train(
         seen, loss_sum, acc_sum, shown = 0, 0.0, 0.0, t0
         for i, batch in enumerate(bar):
             batch = adapter.to_device(batch, device)
+            if skip_single and adapter.batch_size(batch) == 1:
+                scheduler.step()
+                continue
             if data.train_transform is not None:
                 batch = data.train_transform(batch, aug_gen)
             if world > 1:  # augment the global batch (same draws everywhere), keep this rank's share

@@ -83,3 +83,28 @@ def test_training_lowers_the_loss_on_real_digits():
     _, res = _final_state("sam", cfg, data, task)
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+class _PooledBN(torch.nn.Module):
+    """A pooled branch with BatchNorm, like DeepLabv3's ASPP image pooling: one value per channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.bn(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1)).flatten(1))
+
+
+def test_a_trailing_one_example_batch_is_skipped_for_batchnorm_models():
+    task, data = _digits(65)  # 64 + 1: the last batch holds one example
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, schedule="constant")
+    model = _PooledBN()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.train()(torch.zeros(1, 1, 8, 8))  # what the skipped batch would do
+    res = train(model, METHODS.get("st")(), ImageClassification(task), data, cfg, seed=0,
+                device=torch.device("cpu"), progress=False)
+    assert res.steps == 4 and len(res.history) == 2
+    assert all(math.isfinite(h["loss"]) for h in res.history)
