@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import ATOL, RTOL, bn_buffers, bn_mlp, global_norm, max_diff, mlp, params_of
 from torch import nn
 from torch.func import functional_call, grad
 
@@ -22,21 +23,10 @@ from suite.registry import METHODS, load_builtins
 
 load_builtins()
 
-RTOL, ATOL = 1e-10, 1e-12  # see the module docstring
 ADAPTER = ImageClassification()
 
 
-
 # --- helpers ------------------------------------------------------------------------------------
-def mlp(seed: int = 0, d_in: int = 5, hidden: int = 6, classes: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
-
-
-def bn_mlp(seed: int = 0, d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                         nn.Linear(hidden, classes)).double()
 
 
 def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
@@ -46,20 +36,12 @@ def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
     return x, y
 
 
-def params_of(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def hand_loss(model, params, x, y, reduction="mean"):
     return F.cross_entropy(functional_call(model, params, (x,)), y, reduction=reduction)
 
 
 def hand_grad(model, params, x, y):
     return grad(lambda p: hand_loss(model, p, x, y))(params)
-
-
-def global_norm(d: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.sqrt(sum((t ** 2).sum() for t in d.values()))
 
 
 def sgd(lr):
@@ -77,10 +59,6 @@ def assert_params_close(actual: dict, expected: dict):
     assert actual.keys() == expected.keys()
     for n in actual:
         torch.testing.assert_close(actual[n], expected[n], rtol=RTOL, atol=ATOL, msg=lambda m: f"{n}: {m}")
-
-
-def max_diff(a: dict, b: dict) -> float:
-    return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
 def hand_sam(model, x, y, rho, lr):
@@ -205,8 +183,6 @@ def test_esam_stochastic_weight_perturbation():
 
 
 # --- BatchNorm rule -------------------------------------------------------------------------------
-def bn_buffers(model):
-    return {n: b.detach().clone() for n, b in model.named_buffers()}
 
 
 def assert_buffers_equal(a, b):

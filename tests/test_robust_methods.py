@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import ATOL, RTOL, bn_buffers, bn_mlp, global_norm, max_diff, mlp, params_of
 from torch import nn
 from torch.func import functional_call, grad
 
@@ -22,20 +23,10 @@ from suite.registry import METHODS, load_builtins
 
 load_builtins()
 
-RTOL, ATOL = 1e-10, 1e-12  # see the module docstring
 ADAPTER = ImageClassification()
 
 
 # --- helpers (independent of suite.methods) -------------------------------------------------------
-def mlp(seed: int = 0, d_in: int = 5, hidden: int = 6, classes: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
-
-
-def bn_mlp(seed: int = 0, d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                         nn.Linear(hidden, classes)).double()
 
 
 def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
@@ -45,10 +36,6 @@ def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
     x[3:6, 2:] = 1.0
     y = torch.randint(0, classes, (n,), generator=g)
     return x, y
-
-
-def params_of(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def f(model, params, x):
@@ -62,10 +49,6 @@ def ce(model, params, x, y, reduction="mean"):
 def hand_kl(p_logits, q_logits):
     """Per-example KL(softmax(p) || softmax(q)), written out."""
     return (torch.softmax(p_logits, 1) * (torch.log_softmax(p_logits, 1) - torch.log_softmax(q_logits, 1))).sum(1)
-
-
-def global_norm(d: dict) -> torch.Tensor:
-    return torch.sqrt(sum((t ** 2).sum() for t in d.values()))
 
 
 def hand_pgd(loss_sum, x, start, norm, eps, alpha, steps):
@@ -108,10 +91,6 @@ def assert_close(actual: dict, expected: dict):
 
 def grads_of(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-
-
-def max_diff(a: dict, b: dict) -> float:
-    return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
 def sgd_update(w, g, lr):
@@ -276,8 +255,6 @@ def test_sam_at_step_matches_hand_computation(norm, reattack):
 
 
 # --- BatchNorm rule, no leaks, exact restore --------------------------------------------------------
-def bn_buffers(model):
-    return {n: b.detach().clone() for n, b in model.named_buffers()}
 
 
 class RecordingAdapter(ImageClassification):
