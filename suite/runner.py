@@ -495,11 +495,8 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, label: str | None,

@@ -20,21 +20,12 @@ from __future__ import annotations
 
 from suite.config import DataBundle, Task, TaskOptions, TrainConfig
 from suite.registry import TASKS
+from tasks.voc import EVALUATION, METHOD_DEFAULTS  # the paper's segmentation protocol, as on VOC
 
 CROP = (240, 240)
 SCALE = (0.5, 2.0)
 TRAIN_FRACTION = 0.8
 SPLIT_SEED = 0
-EVALUATION = (
-    "pgd:norm=linf,eps=1/255,steps=10",
-    "pgd:norm=linf,eps=2/255,steps=10",
-    "pgd:norm=linf,eps=4/255,steps=10",
-    "pgd:norm=linf,eps=8/255,steps=10",
-    "pgd:norm=l2,eps=0.25,steps=10",
-    "pgd:norm=l2,eps=0.5,steps=10",
-    "pgd:norm=l2,eps=1.0,steps=10",
-    "segpgd:norm=linf,eps=2/255,steps=10",
-)
 
 
 def build_data(options: TaskOptions) -> DataBundle:
@@ -80,14 +71,7 @@ TASKS.register("stanford_background", Task(
                        schedule="poly", poly_power=0.9,
                        train_subset="random", eval_subset="random",  # masks, not one label per image
                        eval_batch_size=1),
-    method_defaults={
-        "sam": {"rho": 0.05},
-        "asam": {"rho": 0.5},
-        "esam": {"rho": 0.05},
-        # the authors' AT budget for linf 2/255: 5 steps of 1/255
-        "at": {"norm": "linf", "eps": 2 / 255, "steps": 5, "step_size": 1 / 255},
-        "fast_at": {"norm": "linf", "eps": 2 / 255},
-    },
+    method_defaults=METHOD_DEFAULTS,
     evaluation=EVALUATION,
     sweeps={
         "stanford_main": (("st", {}), ("sam", {"rho": 0.05}), ("sam", {"rho": 0.1}), ("sam", {"rho": 0.2}),

@@ -372,11 +372,8 @@ def download_allowed() -> bool:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def download_and_extract(url: str, md5: str, dest: Path, log=None) -> None:
