@@ -316,10 +316,13 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
     else:
         chosen = (f"{n} of the {sub['of']} test examples ({sub['strategy']} subset, seed {sub['seed']}, "
                   f"indices sha256 {sub['indices_sha256']}; the same examples for every row)")
+    # an attack's part is drawn with the evaluation's strategy; on a whole split, the configured one
+    part = sub.get("strategy")
+    if part in (None, "all"):
+        part = (recs[0].get("evaluation") or {}).get("subset") or "stratified"
     attack_parts = []
     for a in first.get("attacks", []):
-        attack_parts.append(a["label"] + (f" on {a['n']} of them (a nested {sub.get('strategy', 'stratified')} part)"
-                                          if a["n"] != n else ""))
+        attack_parts.append(a["label"] + (f" on {a['n']} of them (a nested {part} part)" if a["n"] != n else ""))
     worst_n = first.get("worst_case_n", n)
     skip = ("each attack runs on the clean-correct examples it covers" if metric == "accuracy"
             else "each attack runs on every example it covers")

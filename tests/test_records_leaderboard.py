@@ -169,3 +169,15 @@ def test_cost_is_relative_to_st_with_the_same_training_settings():
     md = render(TASKS.get("digits"), recs + [long_st])
     rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
     assert "2.00x" in rows["| SAM"] and "1.00x" in rows["| ST (epochs=2)"] and "1.00x" in rows["| ST (epochs=8)"]
+
+
+@pytest.mark.parametrize("configured", ["stratified", "random"])
+def test_protocol_names_how_an_attacks_part_of_a_whole_split_was_drawn(configured):
+    r = make_record(attacks=(("PGD-10 linf 8/255", 40.0), ("DeepWordBug", 20.0)))
+    r["evaluation"]["subset"] = configured
+    r["metrics"]["subset"] = {"strategy": "all", "n": 359, "of": 359, "seed": 0, "indices_sha256": "ab"}
+    r["metrics"]["attacks"][1]["n"] = 100
+    md = render(TASKS.get("digits"), [r])
+    assert "on the whole test split (359 examples)" in md
+    assert f"DeepWordBug on 100 of them (a nested {configured} part)" in md
+    assert "nested all part" not in md
