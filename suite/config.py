@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "linear", "poly", "constant")
 SUBSETS = ("stratified", "random", "first")
 AMP = ("auto", "off", "bf16", "fp16")
+SAM_ASCENT = ("global", "per_replica")  # SAM under torchrun: see suite.train
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class TrainConfig:
     eval_subset: str = "stratified"  # how a part of the test split is chosen (suite.subsets)
     subset_seed: int = 0            # fixed per task, not per run: every method sees the same examples
     num_workers: int = 0
+    # Speed switches (suite.train's docstring): none changes CPU fp32 results; a run's identity holds
+    # them only when set away from these defaults (suite.runner.LATER_TRAIN_FIELDS).
+    channels_last: bool = False     # NHWC memory format for convolutional models
+    compile: bool = False           # torch.compile the model for training
+    sync_bn: bool = False           # SyncBatchNorm across torchrun processes (CUDA only)
+    sam_ascent: str = "global"      # under torchrun: SAM's ascent from the global or per-replica gradient
 
     def validate(self) -> "TrainConfig":
         def bad(name, why):
@@ -84,6 +91,8 @@ class TrainConfig:
             bad("poly_power", "must be > 0")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
+        if self.sam_ascent not in SAM_ASCENT:
+            bad("sam_ascent", f"must be one of {', '.join(SAM_ASCENT)}")
         return self
 
     def override(self, items: Mapping[str, str]) -> "TrainConfig":

@@ -41,12 +41,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from suite import distributed as D
-from suite.config import DataBundle, TrainConfig
+from suite.config import SAM_ASCENT, DataBundle, TrainConfig
 from suite.errors import UserError
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
 
-SAM_ASCENT = ("global", "per_replica")
 POSTFIX_EVERY_S = 1.0      # the progress bar's loss is read (a device sync on GPU) at most this often
 CHECK_FINITE_EVERY = 50    # on GPU, steps between checks that the loss is finite (each check syncs)
 DEVICE_DATA_MAX_BYTES = 2 << 30  # in-memory training sets up to this size are moved to the GPU once

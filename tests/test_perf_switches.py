@@ -29,9 +29,6 @@ from suite.registry import METHODS, TASKS
 from suite.train import lr_factor, train, train_batches
 
 ADAPTER = ImageClassification()
-HAS_SWITCHES = "channels_last" in TrainConfig.field_names()
-needs_config = pytest.mark.skipif(not HAS_SWITCHES, reason="suite/config.py lacks the speed-switch fields "
-                                  "(channels_last, compile, sync_bn, sam_ascent) that --set needs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +244,6 @@ def test_switch_validation():
         fit("sam", Cfg(**{**BASE, "sam_ascent": "sideways"}))
 
 
-@needs_config
 def test_switches_parse_validate_and_keep_earlier_run_ids():
     from suite.runner import LATER_TRAIN_FIELDS, plan_run
 
