@@ -526,6 +526,9 @@ WHY = {
              "row times each and sums them (ESAM's sum), about 1.65-1.8 ST on this CPU, where a forward without a "
              "graph costs a third of a step. The variant that runs no forward twice is dearer (its backward "
              "covers the whole batch). The paper's ~1.4 is on GPUs."),
+    ": SAM / ST": ("a SAM step is two forward-backward passes (the floor, measured here: 2.02); the ratio of the "
+                   "fastest repeats is printed beside the median of paired ratios, and under other processes' load "
+                   "the median drifts above the floor: rerun on a quieter machine or with more --repeats."),
     "PGD-10 AT": ("the step is 10 attack passes (forward + input gradient) and one training pass; the 'passes' "
                   "row times them (AT's sum)."),
     "torchattacks": ("torchattacks takes torch.autograd.grad with respect to the images only, so autograd already "

@@ -327,8 +327,9 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
     skip = ("each attack runs on the clean-correct examples it covers" if metric == "accuracy"
             else "each attack runs on every example it covers")
     trained = [r for r in recs if r["train"]]
+    said = metric if any(c.isupper() for c in metric) else metric.capitalize()  # "Accuracy", "mIoU"
     parts = [
-        f"**Protocol.** {metric[:1].upper() + metric[1:]} in % on {chosen}; attacks: "
+        f"**Protocol.** {said} in % on {chosen}; attacks: "
         f"{'; '.join(attack_parts) if attack_parts else 'none'} ({skip}; worst case = per example the worst of "
         f"clean and every attack, over the {worst_n} examples every attack saw)",
     ]

@@ -16,6 +16,8 @@ Cost, measured as CPU time per step on one thread of a shared 2-core machine (wa
 2-4x higher under load): ST 0.96 s, SAM 1.8 s, AT with PGD-3 2.5 s, AT with PGD-5 4.0 s at 128x128;
 so 20 epochs take about 15 min of training for ST, 28 for SAM and 38 for AT (PGD-3, the default
 here: PGD-10 would be ~8x ST), within the ~30-minute CPU budget per run (`--set epochs=40` doubles it).
+The published board's runs (one thread each, two runs side by side) took 667 s, 1360 s and 1820 s of
+training (0.73, 1.48 and 1.98 s per step) and about 25 minutes of evaluation each.
 Larger crops cost more per step (160x160: ST 1.8 s; 176x240: ST 2.0 s, SAM 4.0 s, AT
 PGD-3 5.7 s), i.e. fewer steps in the same time, which matters more when training from scratch.
 

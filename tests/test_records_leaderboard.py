@@ -181,3 +181,11 @@ def test_protocol_names_how_an_attacks_part_of_a_whole_split_was_drawn(configure
     assert "on the whole test split (359 examples)" in md
     assert f"DeepWordBug on 100 of them (a nested {configured} part)" in md
     assert "nested all part" not in md
+
+
+@pytest.mark.parametrize("metric, said", [("accuracy", "Accuracy in %"), ("mIoU", "mIoU in %")])
+def test_protocol_names_the_metric_as_it_is_written(metric, said):
+    r = make_record()
+    r["metrics"]["metric"] = metric
+    md = render(TASKS.get("digits"), [r])
+    assert f"**Protocol.** {said} on" in md and "MIoU" not in md
