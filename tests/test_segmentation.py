@@ -505,3 +505,39 @@ def test_segmentation_tasks_are_registered_with_their_protocol():
         assert {"pgd", "segpgd"} <= {s.name for s in specs}
         budgets = {(dict(s.params)["norm"], dict(s.params)["eps"]) for s in specs if s.name == "pgd"}
         assert {("linf", "1/255"), ("linf", "2/255"), ("l2", "0.5"), ("l2", "1.0")} <= budgets  # the paper's
+
+
+# --- every segmentation task end to end: the CLI's path (plan, train, evaluate, record) ---------------
+SEG_SMOKE = [("voc", "st"), ("stanford_background", "sam"), ("camvid", "at")]
+
+
+@pytest.mark.parametrize("task_name, method", SEG_SMOKE)
+def test_every_segmentation_task_runs_end_to_end(tmp_path, task_name, method):
+    from suite.records import RecordStore
+    from suite.runner import execute, plan_run
+
+    if task_name == "voc":
+        write_voc(tmp_path)
+        data_dir = tmp_path
+    elif task_name == "stanford_background":
+        write_stanford(tmp_path)
+        data_dir = tmp_path
+    else:
+        if not CAMVID.is_dir():
+            pytest.skip(f"the real CamVid files are not at {CAMVID} (only this workspace has them)")
+        data_dir = CAMVID.parent
+    options = TaskOptions(data_dir=data_dir, model="mobilenet_v2:scratch")
+    overrides = {"epochs": "1", "batch_size": "2", "eval_batch_size": "2", "train_examples": "4",
+                 "eval_examples": "2"}
+    if method == "at":
+        overrides["steps"] = "1"
+    plan_run(task_name, method, overrides=overrides, options=options)  # the task's own suite is valid
+    plan = plan_run(task_name, method, overrides=overrides, options=options,
+                    attacks=["pgd:norm=linf,eps=1/255,steps=1", "segpgd:norm=linf,eps=1/255,steps=1"])
+    rec = execute(plan, RecordStore(tmp_path / "lb"), work_dir=tmp_path / "runs", device=torch.device("cpu"),
+                  progress=False, log=lambda m: None)
+    assert rec["status"] == "complete" and rec["metrics"]["metric"] == "mIoU"
+    assert rec["cost"]["steps"] == 2 and rec["metrics"]["n"] == 2
+    clean = rec["metrics"]["clean"]
+    assert 0 <= rec["metrics"]["worst_case"] <= clean <= 100
+    assert [a["label"] for a in rec["metrics"]["attacks"]] == ["PGD-1 linf 1/255", "SegPGD-1 linf 1/255"]
