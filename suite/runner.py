@@ -88,7 +88,8 @@ class RunPlan:
 
 # Training settings added after runs were first recorded (the speed switches of suite.train): they
 # enter a run's identity only when set away from their defaults, so earlier run ids stay valid.
-LATER_TRAIN_FIELDS = {"channels_last": False, "compile": False, "sync_bn": False, "sam_ascent": "global"}
+LATER_TRAIN_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                      if f.name in ("channels_last", "compile", "sync_bn", "sam_ascent")}
 
 
 def train_identity(cfg: TrainConfig) -> dict:

@@ -32,7 +32,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from suite import distributed as D
-from suite.config import SAM_ASCENT, DataBundle, TrainConfig
+from suite.config import DataBundle, TrainConfig
 from suite.errors import UserError
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
@@ -101,24 +101,6 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
         raise UserError("amp=bf16: this GPU does not support bfloat16; use amp=fp16 or amp=off")
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype), mode
-
-
-@dataclass(frozen=True)
-class Switches:
-    """The speed switches of a TrainConfig (see the module docstring), read with their defaults so
-    that a config without one of them behaves as with the switch off."""
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    sam_ascent: str = "global"
-
-    @classmethod
-    def of(cls, cfg: TrainConfig) -> Switches:
-        s = cls(**{f.name: getattr(cfg, f.name, f.default) for f in fields(cls)})
-        if s.sam_ascent not in SAM_ASCENT:
-            raise UserError(f"invalid training setting sam_ascent={s.sam_ascent!r}: must be one of "
-                            f"{', '.join(SAM_ASCENT)}")
-        return s
 
 
 @dataclass
@@ -230,7 +212,7 @@ def train_batches(dataset, cfg: TrainConfig, generator: torch.Generator, collate
                       prefetch_factor=4 if workers else None)
 
 
-def _prepare_model(model: torch.nn.Module, sw: Switches, device: torch.device) -> torch.nn.Module:
+def _prepare_model(model: torch.nn.Module, sw: TrainConfig, device: torch.device) -> torch.nn.Module:
     """Memory format and BatchNorm kind, in place, before the optimizer sees the parameters."""
     model.to(device)
     if sw.channels_last:
@@ -245,7 +227,7 @@ def _prepare_model(model: torch.nn.Module, sw: Switches, device: torch.device) -
     return model
 
 
-def _attach(method: Method, scaler, sw: Switches) -> None:
+def _attach(method: Method, scaler, sw: TrainConfig) -> None:
     """What the trainer hands the method besides the step's arguments (see suite.methods.base)."""
     if scaler is not None and not getattr(method, "supports_fp16", False):
         raise UserError(f"method {method.name} does not support amp=fp16 (it has no gradient scaling); "
@@ -284,7 +266,7 @@ def train(
 ) -> TrainResult:
     """Train `model` in place. Under torchrun every rank calls this with the same arguments; rank 0
     writes the checkpoint, and every rank ends with the same weights."""
-    sw = Switches.of(cfg)
+    sw = cfg.validate()  # the speed switches (sam_ascent among them) are checked with the rest
     world, rank = D.world_size(), D.rank()
     seed_everything(seed)
     model = _prepare_model(model, sw, device)

@@ -15,7 +15,6 @@ Tolerances, each measured here first and then given room:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -31,14 +30,7 @@ from suite.train import lr_factor, train, train_batches
 ADAPTER = ImageClassification()
 
 
-@dataclasses.dataclass(frozen=True)
-class Cfg(TrainConfig):
-    """TrainConfig with the speed switches, whether or not suite/config.py declares them yet (the
-    trainer reads them by name, with these defaults)."""
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    sam_ascent: str = "global"
+Cfg = TrainConfig  # the speed switches are TrainConfig fields
 
 
 def digits(n=192):
