@@ -3,6 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/autoattack_overhead.py --task digits --train-steps 300 --n 64
     python benchmarks/autoattack_overhead.py --task cifar10_prn18 --checkpoint runs/<id>/model.pt --n 500
     python benchmarks/autoattack_overhead.py --builder my_module:build --n 256   # build() -> (model, x, y)
+    # a trained ResNet-18 (the size of PreActResNet-18): the checkpoint in the pyautoattack wheel
+    CKPT=$(python -c "from suite.models.resnet_aa import checkpoint_path; print(checkpoint_path())")
+    python benchmarks/autoattack_overhead.py --include examples/autoattack_resnet18.py \
+        --task cifar10_aa_resnet18 --checkpoint $CKPT --data-dir ../shared/data --n 32 --repeats 1
 
 Both paths get the same model, the same clean-correct inputs (what evaluation hands an attack), the
 same batch size and seed. Prints images/s for: the package called directly
@@ -61,6 +65,8 @@ def task_model(args, device):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="digits")
+    ap.add_argument("--include", action="append", default=[], metavar="PATH",
+                    help="load task files from a .py file or a folder first (repeatable), as `suite run` does")
     ap.add_argument("--builder", help="module:function returning (model, x, y), x in [0, 1] NCHW; overrides --task")
     ap.add_argument("--checkpoint", help="a state dict (or a dict with 'model') for the task's model")
     ap.add_argument("--data-dir", default=None)
@@ -76,8 +82,11 @@ def main() -> None:
     import pyautoattack
 
     from suite.evaluate import evaluate
+    from suite.registry import include
 
     load_builtins()
+    for path in args.include:
+        include(path)
     device = torch.device(args.device)
     if args.builder:
         mod, _, fn = args.builder.partition(":")

@@ -379,7 +379,7 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
             (run_dir / "checkpoint.pt").unlink()  # --force means from scratch
             (run_dir / "eval_state.pt").unlink(missing_ok=True)
         log(f"run {plan.run_id}: task {plan.task.name}, {plan.method.label()}, seed {plan.seed}, "
-            f"{cfg.epochs} epochs on {len(data.train)} examples, {device}")
+            f"{cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'} on {len(data.train)} examples, {device}")
         result = train(model, plan.method, plan.adapter, data, cfg, seed=plan.seed, device=device,
                        checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=progress, log=log)
         if D.is_main():  # under torchrun, rank 0 writes every file
