@@ -150,4 +150,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from suite.errors import run_script
+
+    run_script(main)  # a wrong --task, --include or --data-dir: one line and exit 2, as in the CLI

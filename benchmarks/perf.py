@@ -591,4 +591,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from suite.errors import run_script
+
+    run_script(main)

@@ -3,3 +3,14 @@
 
 class UserError(Exception):
     """Bad input from the user (unknown name, invalid parameter, missing data, unreadable file)."""
+
+
+def run_script(main) -> None:
+    """Run a script's main() as the CLI runs a command: a UserError is one line on stderr, exit 2."""
+    import sys
+
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -317,3 +317,19 @@ def test_a_run_held_by_another_process_is_deferred_then_waited_for(tmp_path):
     assert "another process is running it; later" in out
     assert store.exists("digits", first.run_id)
 
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("autoattack_overhead.py", ["--include", "no/such/tasks.py"], "--include no/such/tasks.py: no such file"),
+    ("autoattack_overhead.py", ["--task", "digitz"], "unknown task 'digitz'"),
+    ("method_cost.py", ["--task", "digitz"], "unknown task 'digitz'"),
+])
+def test_benchmark_bad_input_is_one_line_exit_2(script, argv, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / script
+    r = subprocess.run([sys.executable, str(path), *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
