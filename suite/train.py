@@ -212,12 +212,12 @@ def train_batches(dataset, cfg: TrainConfig, generator: torch.Generator, collate
                       prefetch_factor=4 if workers else None)
 
 
-def _prepare_model(model: torch.nn.Module, sw: TrainConfig, device: torch.device) -> torch.nn.Module:
+def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """Memory format and BatchNorm kind, in place, before the optimizer sees the parameters."""
     model.to(device)
-    if sw.channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # conv outputs follow their weights' format
-    if sw.sync_bn and D.active():
+    if cfg.sync_bn and D.active():
         if device.type != "cuda":
             raise UserError("sync_bn=true needs CUDA: PyTorch's SyncBatchNorm synchronises on GPUs only; "
                             "drop it (each process then normalises with its own share of the batch)")
@@ -227,13 +227,13 @@ def _prepare_model(model: torch.nn.Module, sw: TrainConfig, device: torch.device
     return model
 
 
-def _attach(method: Method, scaler, sw: TrainConfig) -> None:
+def _attach(method: Method, scaler, cfg: TrainConfig) -> None:
     """What the trainer hands the method besides the step's arguments (see suite.methods.base)."""
     if scaler is not None and not getattr(method, "supports_fp16", False):
         raise UserError(f"method {method.name} does not support amp=fp16 (it has no gradient scaling); "
                         "use amp=bf16 or amp=off")
     method.scaler = scaler
-    method.ascent_sync = sw.sam_ascent == "global"
+    method.ascent_sync = cfg.sam_ascent == "global"
 
 
 def _value(v, device: torch.device):
@@ -266,20 +266,20 @@ def train(
 ) -> TrainResult:
     """Train `model` in place. Under torchrun every rank calls this with the same arguments; rank 0
     writes the checkpoint, and every rank ends with the same weights."""
-    sw = cfg.validate()  # the speed switches (sam_ascent among them) are checked with the rest
+    cfg.validate()  # the speed switches (sam_ascent among them) are checked with the rest
     world, rank = D.world_size(), D.rank()
     seed_everything(seed)
-    model = _prepare_model(model, sw, device)
+    model = _prepare_model(model, cfg, device)
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
     amp_ctx, amp_mode = autocast_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp_mode == "fp16" else None
-    _attach(method, scaler, sw)
+    _attach(method, scaler, cfg)
     result = TrainResult(amp=amp_mode, world_size=world)
 
-    step_model = torch.compile(model) if sw.compile else model
+    step_model = torch.compile(model) if cfg.compile else model
     if world > 1:
         step_model = D.wrap(step_model, device)  # broadcasts rank 0's initial weights
 

@@ -318,7 +318,6 @@ def test_a_run_held_by_another_process_is_deferred_then_waited_for(tmp_path):
     assert store.exists("digits", first.run_id)
 
 
-
 @pytest.mark.parametrize("script, argv, message", [
     ("autoattack_overhead.py", ["--include", "no/such/tasks.py"], "--include no/such/tasks.py: no such file"),
     ("autoattack_overhead.py", ["--task", "digitz"], "unknown task 'digitz'"),

@@ -30,9 +30,6 @@ from suite.train import lr_factor, train, train_batches
 ADAPTER = ImageClassification()
 
 
-Cfg = TrainConfig  # the speed switches are TrainConfig fields
-
-
 def digits(n=192):
     task = TASKS.get("digits")
     data = task.build_data(TaskOptions())
@@ -100,7 +97,8 @@ def test_trainer_adds_nothing_to_the_step(method_name):
 
 def test_switches_explicitly_off_are_the_default_bit_for_bit():
     default, _ = fit("sam", TrainConfig(**BASE))
-    off, _ = fit("sam", Cfg(**BASE, channels_last=False, compile=False, sync_bn=False, sam_ascent="global", amp="off"))
+    off, _ = fit("sam", TrainConfig(**BASE, channels_last=False, compile=False, sync_bn=False, sam_ascent="global",
+                                    amp="off"))
     for k, v in default.state_dict().items():
         assert torch.equal(v, off.state_dict()[k]), k
 
@@ -108,7 +106,7 @@ def test_switches_explicitly_off_are_the_default_bit_for_bit():
 def test_channels_last_on_cpu_fp32_within_tight_tolerance():
     one = {**BASE, "epochs": 1}
     default, _ = fit("sam", TrainConfig(**one))
-    cl, _ = fit("sam", Cfg(**one, channels_last=True))
+    cl, _ = fit("sam", TrainConfig(**one, channels_last=True))
     conv = cl.features[3].weight  # (the first conv has one input channel: both formats coincide)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     diffs = {k: (v - cl.state_dict()[k]).abs().max().item() for k, v in default.state_dict().items()
@@ -197,18 +195,18 @@ def test_fp16_overflow_in_the_second_pass_only_skips_the_step(monkeypatch):
 
 def test_fp16_training_runs_and_refuses_methods_without_scaling():
     three = {**BASE, "epochs": 3, "lr": 0.1}
-    _, ref = fit("sam", Cfg(**three), epochs_data=384, build=bn_mlp)
-    _, res = fit("sam", Cfg(**three, amp="fp16"), epochs_data=384, build=bn_mlp)
+    _, ref = fit("sam", TrainConfig(**three), epochs_data=384, build=bn_mlp)
+    _, res = fit("sam", TrainConfig(**three, amp="fp16"), epochs_data=384, build=bn_mlp)
     assert res.amp == "fp16" and res.history[-1]["loss"] < 0.85 * res.history[0]["loss"]
     assert res.history[-1]["loss"] == pytest.approx(ref.history[-1]["loss"], rel=0.02)
     with pytest.raises(UserError, match="does not support amp=fp16"):
-        fit("at", Cfg(**{**BASE, "amp": "fp16", "epochs": 1}), build=bn_mlp)
+        fit("at", TrainConfig(**{**BASE, "amp": "fp16", "epochs": 1}), build=bn_mlp)
 
 
 def test_bf16_training_on_cpu_learns_like_fp32():
     three = {**BASE, "epochs": 3, "lr": 0.1}
-    _, ref = fit("sam", Cfg(**three), epochs_data=384)
-    _, res = fit("sam", Cfg(**three, amp="bf16"), epochs_data=384)
+    _, ref = fit("sam", TrainConfig(**three), epochs_data=384)
+    _, res = fit("sam", TrainConfig(**three, amp="bf16"), epochs_data=384)
     assert res.amp == "bf16" and res.history[-1]["loss"] < 0.85 * res.history[0]["loss"]
     assert res.history[-1]["loss"] == pytest.approx(ref.history[-1]["loss"], rel=0.02)
 
@@ -233,7 +231,7 @@ def test_pgd_leaves_parameter_gradients_alone():
 # --- configuration -----------------------------------------------------------------------------------
 def test_switch_validation():
     with pytest.raises(UserError, match="sam_ascent"):
-        fit("sam", Cfg(**{**BASE, "sam_ascent": "sideways"}))
+        fit("sam", TrainConfig(**{**BASE, "sam_ascent": "sideways"}))
 
 
 def test_switches_parse_validate_and_keep_earlier_run_ids():
@@ -255,7 +253,7 @@ def test_switches_parse_validate_and_keep_earlier_run_ids():
 @pytest.mark.slow
 def test_compile_matches_eager_within_tolerance():
     default, _ = fit("sam", TrainConfig(**{**BASE, "epochs": 1}))
-    compiled, _ = fit("sam", Cfg(**{**BASE, "epochs": 1, "compile": True}))
+    compiled, _ = fit("sam", TrainConfig(**{**BASE, "epochs": 1, "compile": True}))
     for k, v in default.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-4, atol=1e-5)
