@@ -178,7 +178,7 @@ def plan_run(
     model_id = options.model or task.default_model
     identity = {
         "task": task.name, "task_version": task.version, "model": model_id,
-        "method": method.name, "method_params": method.p,
+        "method": method.name, "method_params": method.identity_params(),
         "train": train_identity(cfg), "seed": seed, "evaluation": resolved,
     }
     if an_resolved:  # absent when empty, so runs without analyses keep the ids they always had

@@ -317,6 +317,7 @@ def train(
     show = progress and D.is_main()
     for epoch in range(start_epoch, cfg.epochs):
         step_model.train()
+        method.epoch = epoch
         # Shuffling (and worker seeds) from a generator seeded by (seed, epoch): resumable, and the
         # same global batches on every rank.
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)

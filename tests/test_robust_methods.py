@@ -369,6 +369,50 @@ def test_zero_weight_perturbation_is_pgd_at_bit_for_bit(name, params):
     assert any(not torch.equal(at[k], moved[k]) for k in at)
 
 
+def _train_seq(methods, seed=0):
+    """One step per (method, epoch) pair on one model and optimizer, as the trainer would run them."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for i, (method, epoch) in enumerate(methods):
+        method.epoch = epoch
+        x, y = data(seed=10 + i, n=16)
+        method.train_step(model, (x.float(), y), opt, ADAPTER)
+    return model.state_dict()
+
+
+def test_awp_warmup_steps_are_pgd_at_then_awp_bit_for_bit():
+    threat = {"norm": "linf", "eps": 0.1, "steps": 3}
+    at, awp = METHODS.get("at")(**threat), METHODS.get("awp")(gamma=0.5, **threat)
+    warm = METHODS.get("awp")(gamma=0.5, warmup=2, **threat)
+    epochs = [0, 1, 2, 3]
+    expected = _train_seq([(at, 0), (at, 1), (awp, 2), (awp, 3)])
+    actual = _train_seq([(warm, e) for e in epochs])
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    no_warmup = _train_seq([(awp, e) for e in epochs])
+    assert any(not torch.equal(no_warmup[k], actual[k]) for k in actual)
+
+
+def test_awp_warmup_keeps_earlier_run_ids():
+    # the records published before `warmup` existed: the planner still names them with their ids
+    import json
+    from pathlib import Path
+
+    from suite.runner import plan_run
+
+    folder = Path(__file__).resolve().parent.parent / "leaderboards" / "records" / "digits"
+    records = [r for r in (json.loads(f.read_text()) for f in sorted(folder.glob("*.json")))
+               if r["method"]["name"] == "awp"]
+    assert records
+    for r in records:
+        assert "warmup" not in r["method"]["params"]
+        plan = plan_run("digits", "awp", method_params=r["method"]["params"], seed=r["seed"])
+        assert plan.run_id == r["run_id"]
+        warm = plan_run("digits", "awp", method_params={**r["method"]["params"], "warmup": 5}, seed=r["seed"])
+        assert warm.run_id != r["run_id"] and warm.identity["method_params"]["warmup"] == 5
+        assert warm.method.label() == r["method"]["label"] + " warmup=5"
+
+
 # --- declarations and validation ------------------------------------------------------------------
 @pytest.mark.parametrize("name,params,cost", [
     ("trades", {}, 12.0), ("trades", {"steps": 5}, 7.0),
@@ -390,7 +434,8 @@ def test_defaults_and_labels():
 
 @pytest.mark.parametrize("name,key,value", [
     ("trades", "beta", -1), ("trades", "eps", "-8/255"), ("trades", "steps", 0), ("trades", "norm", "l1"),
-    ("awp", "gamma", -0.01), ("awp", "steps", "2.5"), ("awp", "step_size", -1),
+    ("awp", "gamma", -0.01), ("awp", "steps", "2.5"), ("awp", "step_size", -1), ("awp", "warmup", -1),
+    ("awp", "warmup", "1.5"),
     ("sam_at", "rho", "abc"), ("sam_at", "reattack", "maybe"), ("sam_at", "eps", "nan"),
 ])
 def test_invalid_parameters_raise_user_error_naming_them(name, key, value):

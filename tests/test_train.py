@@ -38,10 +38,10 @@ def _digits(n_train=256):
     return task, data
 
 
-def _final_state(method_name, cfg, data, task, checkpoint=None, interrupt_after=None, run_id="r"):
+def _final_state(method_name, cfg, data, task, checkpoint=None, interrupt_after=None, run_id="r", params=None):
     torch.manual_seed(0)
     model = task.build_model(TaskOptions())
-    method = METHODS.get(method_name)(**task.method_defaults.get(method_name, {}))
+    method = METHODS.get(method_name)(**{**task.method_defaults.get(method_name, {}), **(params or {})})
 
     def stop(epoch, entry):
         if interrupt_after is not None and epoch == interrupt_after:
@@ -66,6 +66,27 @@ def test_resume_after_interrupt_reproduces_weights_exactly(tmp_path, method_name
     assert [h["loss"] for h in res.history] == [h["loss"] for h in full_res.history]
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
+
+
+def test_awp_warmup_follows_the_trainers_epochs_through_a_resume(tmp_path):
+    # AWP's warm-up (plain PGD-AT while epoch < warmup) needs the trainer's epoch, also after a resume
+    task, data = _digits(128)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, schedule="step", milestones=(0.5,))
+    threat = {"norm": "linf", "eps": 0.1, "steps": 2, "gamma": 0.05}
+    at, _ = _final_state("at", cfg, data, task, params={k: threat[k] for k in ("norm", "eps", "steps")})
+    all_warm, _ = _final_state("awp", cfg, data, task, params={**threat, "warmup": 3})
+    none, _ = _final_state("awp", cfg, data, task, params={**threat, "warmup": 0})
+    warm1, _ = _final_state("awp", cfg, data, task, params={**threat, "warmup": 1})
+    assert all(torch.equal(at[k], all_warm[k]) for k in at)  # three warm-up epochs: PGD-AT exactly
+    assert any(not torch.equal(at[k], warm1[k]) for k in at)  # AWP from epoch 1 on
+    assert any(not torch.equal(none[k], warm1[k]) for k in at)  # but not from epoch 0
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _final_state("awp", cfg, data, task, checkpoint=ckpt, interrupt_after=1, params={**threat, "warmup": 1})
+    resumed, res = _final_state("awp", cfg, data, task, checkpoint=ckpt, params={**threat, "warmup": 1})
+    assert res.resumed_from_epoch == 1
+    for k in warm1:
+        assert torch.equal(warm1[k], resumed[k]), k
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):

@@ -19,10 +19,13 @@ the attack and the pass at w + v use batch statistics but leave them alone.
 
 gamma defaults to 5e-3. The authors' TRADES-AWP script (trades_AWP/train_trades_cifar.py) defaults
 to --awp-gamma 0.005 with --awp-warmup 10; the AT-AWP scripts derived from their train_cifar10.py
-use --awp-gamma 0.01 with --awp-warmup 0. `awp_warmup` (epochs of plain AT before AWP starts) is not
-offered: a method sees one step at a time, not the epoch (it needs the trainer to pass the epoch).
+use --awp-gamma 0.01 with --awp-warmup 0. `warmup` is their --awp-warmup: during the first `warmup`
+epochs (`epoch < warmup`, as in their `if epoch >= args.awp_warmup`) the step is plain PGD-AT, the
+same step as the `at` method's.
 
-Cost: steps (attack) + 1 (gradient at w, for v) + 1 (gradient at w + v) = steps + 2.
+Cost: steps (attack) + 1 (gradient at w, for v) + 1 (gradient at w + v) = steps + 2 per step after the
+warm-up (steps + 1 during it, like `at`); the declared cost is the former, the price of the method's
+own steps.
 """
 from __future__ import annotations
 
@@ -45,7 +48,20 @@ class AdversarialWeightPerturbation(_AdversarialAscent):
     params = {
         "gamma": Param(float, 5e-3, "size of the weight perturbation relative to each layer's norm", check=nonneg),
         **PGD_PARAMS,
+        "warmup": Param(int, 0, "epochs of plain PGD-AT before the weight perturbation starts (the authors' "
+                        "--awp-warmup)", check=nonneg),
     }
+    later_params = frozenset({"warmup"})
+
+    def train_step(self, model, batch, optimizer, adapter):
+        if self.epoch >= self.p["warmup"]:
+            return super().train_step(model, batch, optimizer, adapter)
+        # warm-up: PGD-AT's step (suite.methods.at), through this class's attack and first pass
+        optimizer.zero_grad(set_to_none=True)
+        out, loss = self._first_pass(model, batch, adapter)
+        self._x_adv = None
+        optimizer.step()
+        return {"loss": loss.detach(), "acc": adapter.correct(out.detach(), batch).float().mean()}
 
     def perturbation(self, named):
         out = []
@@ -58,4 +74,5 @@ class AdversarialWeightPerturbation(_AdversarialAscent):
         return out
 
     def label(self) -> str:
-        return f"AWP gamma={fmt_value(self.p['gamma'])} {self.threat_label()}"
+        warm = f" warmup={self.p['warmup']}" if self.p["warmup"] else ""
+        return f"AWP gamma={fmt_value(self.p['gamma'])} {self.threat_label()}{warm}"

@@ -8,6 +8,9 @@ methods perturb the weights around it rather than wrapping it in a second optimi
 Each method declares its parameters (validated by `suite.params`) and its cost in forward-backward
 passes per step, counting a forward-only pass as 1/3 (a backward costs about two forwards).
 
+The trainer sets `method.epoch` (0-based) before each epoch, so a step may depend on the schedule
+(AWP's warm-up of plain AT epochs); a resumed run sets it from the epoch it resumes at.
+
 The returned statistics may be floats or 0-dim tensors. Tensors are better on a GPU: `.item()` waits
 for the GPU at every step, while the trainer sums tensors on the device and reads them once an epoch.
 
@@ -43,6 +46,12 @@ class Method:
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     params: ClassVar[Mapping[str, Param]] = {}
+    # Parameters added after runs of the method were recorded: they enter a run's identity only when
+    # set away from their defaults, so the earlier run ids stay valid (as suite.runner does for
+    # training settings).
+    later_params: ClassVar[frozenset[str]] = frozenset()
+    # Set by the trainer before each epoch's steps (0-based), for methods whose step depends on it.
+    epoch: int = 0
 
     def __init__(self, **params: Any):
         self.p = resolve_params(f"method {self.name}", self.params, params)
@@ -54,6 +63,11 @@ class Method:
     def train_step(self, model: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
                    adapter: Adapter) -> dict[str, float]:
         raise NotImplementedError
+
+    def identity_params(self) -> dict[str, Any]:
+        """The parameters that name a run (see `later_params`)."""
+        return {k: v for k, v in self.p.items()
+                if not (k in self.later_params and v == self.params[k].default)}
 
     def label(self) -> str:
         """Short human label for leaderboards, e.g. 'SAM rho=0.1'."""
