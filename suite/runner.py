@@ -358,7 +358,9 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
         "schema": SCHEMA_VERSION, "run_id": plan.run_id, "status": "failed", "error": None,
         "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
         "model": plan.identity["model"],
-        "method": {"name": plan.method.name, "params": plan.method.p, "label": plan.method.label()},
+        # the params that name the run (a later parameter at its default is absent, as in the run id),
+        # so the leaderboard groups a new seed with the records made before that parameter existed
+        "method": {"name": plan.method.name, "params": plan.identity["method_params"], "label": plan.method.label()},
         "train": plan.identity["train"], "seed": plan.seed,
         "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
                        "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),

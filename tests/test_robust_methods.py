@@ -413,6 +413,27 @@ def test_awp_warmup_keeps_earlier_run_ids():
         assert warm.method.label() == r["method"]["label"] + " warmup=5"
 
 
+def test_a_new_awp_record_groups_with_those_made_before_warmup_existed(tmp_path):
+    import json
+    from pathlib import Path
+
+    from suite.leaderboard import _config_key
+    from suite.records import RecordStore
+    from suite.runner import execute, plan_run
+
+    folder = Path(__file__).resolve().parent.parent / "leaderboards" / "records" / "digits"
+    old = next(r for r in (json.loads(f.read_text()) for f in sorted(folder.glob("*.json")))
+               if r["method"]["name"] == "awp")
+    plan = plan_run("digits", "awp", method_params=old["method"]["params"], seed=7, attacks=[], analyses=[],
+                    overrides={"epochs": "1", "train_examples": "64", "eval_examples": "20"})
+    rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=torch.device("cpu"),
+                  progress=False, log=lambda *a: None)
+    assert rec["status"] == "complete" and "warmup" not in rec["method"]["params"]
+    # same configuration as the old record once the settings this tiny run changed are put back
+    same = {**old, "train": rec["train"], "evaluation": rec["evaluation"], "metrics": rec["metrics"]}
+    assert _config_key(rec) == _config_key(same)
+
+
 # --- declarations and validation ------------------------------------------------------------------
 @pytest.mark.parametrize("name,params,cost", [
     ("trades", {}, 12.0), ("trades", {"steps": 5}, 7.0),
