@@ -349,26 +349,6 @@ def test_weights_restored_exactly_after_the_perturbed_pass(name, params):
         assert torch.equal(p.detach(), w[n]), n  # and are back bit for bit (lr = 0)
 
 
-def _train(method, seed=0, steps=4):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    for i in range(steps):
-        x, y = data(seed=10 + i, n=16)
-        method.train_step(model, (x.float(), y), opt, ADAPTER)
-    return model.state_dict()
-
-
-@pytest.mark.parametrize("name,params", [("awp", {"gamma": 0.0}), ("sam_at", {"rho": 0.0})])
-def test_zero_weight_perturbation_is_pgd_at_bit_for_bit(name, params):
-    threat = {"norm": "linf", "eps": 0.1, "steps": 3}
-    at = _train(METHODS.get("at")(**threat))
-    same = _train(METHODS.get(name)(**params, **threat))
-    assert all(torch.equal(at[k], same[k]) for k in at)
-    moved = _train(METHODS.get(name)(**{k: 0.5 for k in params}, **threat))
-    assert any(not torch.equal(at[k], moved[k]) for k in at)
-
-
 def _train_seq(methods, seed=0):
     """One step per (method, epoch) pair on one model and optimizer, as the trainer would run them."""
     torch.manual_seed(seed)
@@ -379,6 +359,20 @@ def _train_seq(methods, seed=0):
         x, y = data(seed=10 + i, n=16)
         method.train_step(model, (x.float(), y), opt, ADAPTER)
     return model.state_dict()
+
+
+def _train(method, seed=0, steps=4):
+    return _train_seq([(method, 0)] * steps, seed)
+
+
+@pytest.mark.parametrize("name,params", [("awp", {"gamma": 0.0}), ("sam_at", {"rho": 0.0})])
+def test_zero_weight_perturbation_is_pgd_at_bit_for_bit(name, params):
+    threat = {"norm": "linf", "eps": 0.1, "steps": 3}
+    at = _train(METHODS.get("at")(**threat))
+    same = _train(METHODS.get(name)(**params, **threat))
+    assert all(torch.equal(at[k], same[k]) for k in at)
+    moved = _train(METHODS.get(name)(**{k: 0.5 for k in params}, **threat))
+    assert any(not torch.equal(at[k], moved[k]) for k in at)
 
 
 def test_awp_warmup_steps_are_pgd_at_then_awp_bit_for_bit():
@@ -393,17 +387,23 @@ def test_awp_warmup_steps_are_pgd_at_then_awp_bit_for_bit():
     assert any(not torch.equal(no_warmup[k], actual[k]) for k in actual)
 
 
-def test_awp_warmup_keeps_earlier_run_ids():
-    # the records published before `warmup` existed: the planner still names them with their ids
+def _published_awp_records() -> list[dict]:
+    """The digits AWP records published before `warmup` existed."""
     import json
     from pathlib import Path
-
-    from suite.runner import plan_run
 
     folder = Path(__file__).resolve().parent.parent / "leaderboards" / "records" / "digits"
     records = [r for r in (json.loads(f.read_text()) for f in sorted(folder.glob("*.json")))
                if r["method"]["name"] == "awp"]
     assert records
+    return records
+
+
+def test_awp_warmup_keeps_earlier_run_ids():
+    # the planner still names the records published before `warmup` existed with their ids
+    from suite.runner import plan_run
+
+    records = _published_awp_records()
     for r in records:
         assert "warmup" not in r["method"]["params"]
         plan = plan_run("digits", "awp", method_params=r["method"]["params"], seed=r["seed"])
@@ -414,16 +414,11 @@ def test_awp_warmup_keeps_earlier_run_ids():
 
 
 def test_a_new_awp_record_groups_with_those_made_before_warmup_existed(tmp_path):
-    import json
-    from pathlib import Path
-
     from suite.leaderboard import _config_key
     from suite.records import RecordStore
     from suite.runner import execute, plan_run
 
-    folder = Path(__file__).resolve().parent.parent / "leaderboards" / "records" / "digits"
-    old = next(r for r in (json.loads(f.read_text()) for f in sorted(folder.glob("*.json")))
-               if r["method"]["name"] == "awp")
+    old = _published_awp_records()[0]
     plan = plan_run("digits", "awp", method_params=old["method"]["params"], seed=7, attacks=[], analyses=[],
                     overrides={"epochs": "1", "train_examples": "64", "eval_examples": "20"})
     rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=torch.device("cpu"),

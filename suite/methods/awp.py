@@ -20,8 +20,8 @@ the attack and the pass at w + v use batch statistics but leave them alone.
 gamma defaults to 5e-3. The authors' TRADES-AWP script (trades_AWP/train_trades_cifar.py) defaults
 to --awp-gamma 0.005 with --awp-warmup 10; the AT-AWP scripts derived from their train_cifar10.py
 use --awp-gamma 0.01 with --awp-warmup 0. `warmup` is their --awp-warmup: during the first `warmup`
-epochs (`epoch < warmup`, as in their `if epoch >= args.awp_warmup`) the step is plain PGD-AT, the
-same step as the `at` method's.
+epochs (`epoch < warmup`, as in their `if epoch >= args.awp_warmup`) the step is the `at` method's
+step with the same threat model.
 
 Cost: steps (attack) + 1 (gradient at w, for v) + 1 (gradient at w + v) = steps + 2 per step after the
 warm-up (steps + 1 during it, like `at`); the declared cost is the former, the price of the method's
@@ -29,6 +29,7 @@ own steps.
 """
 from __future__ import annotations
 
+from suite.methods.at import PGDAdversarialTraining
 from suite.methods.sam_at import PGD_PARAMS, _AdversarialAscent
 from suite.params import Param, fmt_value, nonneg
 from suite.registry import METHODS
@@ -53,15 +54,14 @@ class AdversarialWeightPerturbation(_AdversarialAscent):
     }
     later_params = frozenset({"warmup"})
 
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._warmup_step = PGDAdversarialTraining(**{k: self.p[k] for k in PGD_PARAMS})
+
     def train_step(self, model, batch, optimizer, adapter):
-        if self.epoch >= self.p["warmup"]:
-            return super().train_step(model, batch, optimizer, adapter)
-        # warm-up: PGD-AT's step (suite.methods.at), through this class's attack and first pass
-        optimizer.zero_grad(set_to_none=True)
-        out, loss = self._first_pass(model, batch, adapter)
-        self._x_adv = None
-        optimizer.step()
-        return {"loss": loss.detach(), "acc": adapter.correct(out.detach(), batch).float().mean()}
+        if self.epoch < self.p["warmup"]:
+            return self._warmup_step.train_step(model, batch, optimizer, adapter)
+        return super().train_step(model, batch, optimizer, adapter)
 
     def perturbation(self, named):
         out = []
