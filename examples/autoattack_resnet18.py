@@ -70,5 +70,6 @@ TASKS.register("cifar10_aa_resnet18", Task(
                        schedule="step", milestones=(0.75, 0.9), eval_examples=0, eval_batch_size=250),
     method_defaults={"sam": {"rho": 0.1}, "at": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
     evaluation=EVALUATION,
+    headline=("pgd:norm=linf,eps=2/255,steps=10,n=1000",),
     needs_data_dir=True,
 ))

@@ -162,6 +162,9 @@ class Task:
     recipe: TrainConfig = field(default_factory=TrainConfig)
     method_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     evaluation: tuple = ()          # AttackSpec strings or objects: the default evaluation suite
+    # what the board ranks by (then clean): attack specs of the evaluation suite (the paper's budget for
+    # the task), or "worst_case" for the norm-bounded worst case; empty = the worst case
+    headline: tuple = ()
     reported: tuple[ReportedRow, ...] = ()
     sweeps: Mapping[str, tuple] = field(default_factory=dict)  # preset name -> ((method, {params}), ...)
     report: Callable[[list], str] | None = None  # optional extra markdown section for the leaderboard

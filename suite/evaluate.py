@@ -9,9 +9,15 @@ Per example. Like AutoAttack, results are kept per example: the adapter turns a 
 per-example statistics (classification: "correct"; segmentation: a confusion matrix per image) and
 scores them (correct = 1; pixel accuracy). An attack's statistics for an example come from the
 adversarial input it returns (or, for attacks that edit words, from its success flag). The *worst
-case* over the suite is, per example, the lowest-scoring of the clean result and every attack's,
-taken over the examples that every attack saw (the smallest attack subset); its metric is the
-adapter's summary of those statistics (accuracy; mIoU of the summed confusion matrices).
+case* is taken within one threat family (`Attack.threat`: the norm-bounded attacks together; a
+spatial, pixel or text-edit attack is a family of its own): per example, the lowest-scoring of the
+clean result and every attack's of that family, over the examples all of them saw; its metric is the
+adapter's summary of those statistics (accuracy; mIoU of the summed confusion matrices). The record's
+`worst_case` is the norm-bounded family's; `worst_by_threat` lists every family's.
+
+Records keep every example's outcome (`metrics["outcomes"]`, suite.outcomes: clean and per attack,
+the predicted class) and the histogram of clean predictions, so boards can compare two rows on the
+same examples and flag a near-constant model.
 
 Classification attacks run only on clean-correct examples (the others are wrong already and keep
 their clean statistics); segmentation attacks run on every image.
@@ -36,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from suite import distributed as D
-from suite import subsets
+from suite import outcomes, subsets
 from suite.attacks.base import AttackSpec
 from suite.modalities.base import Adapter
 
@@ -105,7 +111,8 @@ def evaluate(
         m = torch.zeros(n, dtype=torch.bool)
         m[torch.as_tensor(np.searchsorted(eval_idx, idx), dtype=torch.long)] = True
         covers.append(m)
-    key = {"n": n, "indices": subsets.indices_hash(eval_idx), "specs": [repr(a) for a in attacks]}
+    key = {"n": n, "indices": subsets.indices_hash(eval_idx), "specs": [repr(a) for a in attacks],
+           "outcomes": outcomes.FORMAT}
     world, rank = D.world_size(), D.rank()
     state = D.broadcast_object(_load_state(state_path, key, len(attacks)) if D.is_main() else None)
     t0 = time.perf_counter()
@@ -117,9 +124,14 @@ def evaluate(
         with torch.no_grad():
             for b, batch in _batches_of(view, batch_size, collate, list(range(rank, n_batches, world))):
                 batch = adapter.to_device(batch, device)
-                parts[b] = adapter.example_stats(adapter.forward(model, batch), batch).cpu()
+                out = adapter.forward(model, batch)
+                pred = adapter.predictions(out)
+                parts[b] = (adapter.example_stats(out, batch).cpu(), None if pred is None else pred.cpu())
         parts = _merged(parts) if world > 1 else parts
-        state["clean"] = torch.cat([parts[b] for b in sorted(parts)]) if parts else torch.zeros(0, dtype=torch.bool)
+        order = sorted(parts)
+        state["clean"] = torch.cat([parts[b][0] for b in order]) if parts else torch.zeros(0, dtype=torch.bool)
+        state["predicted"] = (torch.cat([parts[b][1] for b in order])
+                              if parts and parts[order[0]][1] is not None else None)
         _save_state(state_path, state)
     clean = state["clean"]
     clean_score = adapter.example_score(clean)
@@ -165,24 +177,16 @@ def evaluate(
     metric = adapter.metric
     clean_summary = adapter.summarize(clean)
     per_attack = []
-    worst = covers[0].clone() if built else None
-    worst_stats, worst_score = clean.clone(), clean_score.clone()
     for i, (attack, spec) in enumerate(zip(built, attacks)):
-        stats, cov = state["stats"][i], covers[i]
-        summary = adapter.summarize(stats[cov])
+        summary = adapter.summarize(state["stats"][i][covers[i]])
         entry = {"name": spec.name, "label": attack.label(), "params": dict(attack.p), "value": summary[metric],
-                 "n": int(cov.sum()), "attacked": int(state["attacked"][i]),
-                 "subset": subsets.indices_hash(attack_idx[i])}
+                 "n": int(covers[i].sum()), "attacked": int(state["attacked"][i]),
+                 "subset": subsets.indices_hash(attack_idx[i]), "threat": attack.threat}
         if set(summary) != {metric}:
             entry["metrics"] = summary
         if state["extra"][i]:
             entry["stats"] = {k: v for k, v in sorted(state["extra"][i].items())}
         per_attack.append(entry)
-        worst &= cov
-        score = adapter.example_score(stats)
-        lower = score < worst_score
-        worst_stats[lower] = stats[lower]
-        worst_score = torch.minimum(worst_score, score)
     metrics = {
         "metric": metric,
         "n": n,
@@ -191,16 +195,23 @@ def evaluate(
         "attacks": per_attack,
         "worst_case": None,
         "worst_case_n": 0,
+        "worst_case_threat": outcomes.NORM_BOUNDED,
         "eval_time_s": time.perf_counter() - t0,  # this session's time (a resumed evaluation counts only its own part)
     }
     if set(clean_summary) != {metric}:
         metrics["clean_metrics"] = clean_summary
-    if built:
-        worst_summary = adapter.summarize(worst_stats[worst])
-        metrics["worst_case"] = worst_summary[metric]
-        metrics["worst_case_n"] = int(worst.sum())
-        if set(worst_summary) != {metric}:
-            metrics["worst_case_metrics"] = worst_summary
+    # the worst case per example within each threat family, never across families
+    families = list(dict.fromkeys(a.threat for a in built))
+    metrics["worst_by_threat"] = [_worst_case(adapter, clean, state, covers,
+                                              [i for i, a in enumerate(built) if a.threat == fam], fam)
+                                  for fam in families]
+    for fam in metrics["worst_by_threat"]:
+        if fam["threat"] == outcomes.NORM_BOUNDED:
+            metrics["worst_case"], metrics["worst_case_n"] = fam["value"], fam["n"]
+            if "metrics" in fam:
+                metrics["worst_case_metrics"] = fam["metrics"]
+    metrics["outcomes"] = _outcomes(adapter, dataset, eval_idx, total, state, covers, built)
+    metrics["predictions"] = _prediction_summary(adapter, metrics["outcomes"])
     return metrics
 
 
@@ -228,6 +239,48 @@ def evaluate_corruptions(model, adapter, folder, items, *, dataset_name: str, ba
                      "n": len(idx)})
     return {"dataset": dataset_name, "subset": subsets.describe(subset_strategy, subset_seed, idx, len(labels)),
             "items": rows, "mean": sum(r["value"] for r in rows) / len(rows)}
+
+
+def _worst_case(adapter, clean, state, covers, members: list[int], threat: str) -> dict:
+    """Per example, the lowest-scoring of the clean statistics and those of every attack in `members`,
+    over the examples all of them covered; summarized with the adapter's metrics."""
+    cover = covers[members[0]].clone()
+    worst_stats, worst_score = clean.clone(), adapter.example_score(clean)
+    for i in members:
+        cover &= covers[i]
+        score = adapter.example_score(state["stats"][i])
+        lower = score < worst_score
+        worst_stats[lower] = state["stats"][i][lower]
+        worst_score = torch.minimum(worst_score, score)
+    summary = adapter.summarize(worst_stats[cover])
+    out = {"threat": threat, "value": summary[adapter.metric], "n": int(cover.sum()), "attacks": len(members)}
+    if set(summary) != {adapter.metric}:
+        out["metrics"] = summary
+    return out
+
+
+def _outcomes(adapter, dataset, eval_idx, total, state, covers, built) -> dict:
+    """Every evaluated example's outcome, clean and per attack, for paired comparisons (suite.outcomes)."""
+    clean = adapter.outcome_array(state["clean"])
+    predicted = state.get("predicted")
+    labels = subsets.dataset_labels(dataset)
+    hist = None
+    if labels is not None and adapter.outcome_kind == "correct":
+        classes = getattr(adapter.task, "num_classes", 0) or 0
+        hist = np.bincount(np.asarray(labels)[eval_idx].astype(np.int64), minlength=classes)
+    rows = [(a.label(), a.threat, covers[i].numpy().astype(bool), adapter.outcome_array(state["stats"][i]))
+            for i, a in enumerate(built)]
+    return outcomes.Outcomes(adapter.outcome_kind, total, np.asarray(eval_idx), clean,
+                             None if predicted is None else predicted.numpy().astype(np.int64), rows,
+                             hist).to_json()
+
+
+def _prediction_summary(adapter, packed: dict) -> dict:
+    """The histogram of predicted classes on the clean pass (examples; pixels for segmentation), so a
+    near-constant model can be told from a robust one."""
+    out = outcomes.Outcomes.from_json(packed)
+    hist = out.prediction_histogram()
+    return {"histogram": [int(v) for v in hist], "unit": "examples" if out.kind == "correct" else "pixels"}
 
 
 def _attack_batch(model, adapter, attack, batch, b, i, seed, device, cover, done, clean, clean_score,
@@ -267,7 +320,7 @@ def _attacked_stats(model, adapter, batch, res, clean_stats):
 
 
 def _load_state(path: Path | None, key: dict, k: int) -> dict:
-    fresh = {"key": key, "clean": None, "done": [torch.zeros(key["n"], dtype=torch.bool) for _ in range(k)],
+    fresh = {"key": key, "clean": None, "predicted": None, "done": [torch.zeros(key["n"], dtype=torch.bool) for _ in range(k)],
              "stats": [None] * k, "attacked": [0] * k, "extra": [{} for _ in range(k)]}
     if path is None or not path.exists():
         return fresh

@@ -132,6 +132,12 @@ def validate(rec: Any, where: str = "record") -> dict:
                 fail("each metrics.attacks entry needs its number of examples n")
         if m.get("worst_case") is not None and not isinstance(m["worst_case"], _NUM):
             fail("metrics.worst_case must be a number or null")
+        if m.get("outcomes") is not None:  # per-example outcomes (records made before them have none)
+            from suite.outcomes import OutcomeError, Outcomes, check_against_metrics
+            try:
+                check_against_metrics(Outcomes.from_json(m["outcomes"], "metrics.outcomes"), m, fail)
+            except OutcomeError as e:
+                fail(str(e))
     elif not rec["error"]:
         fail("a failed run needs its error")
     _no_strings_for_numbers(rec.get("metrics") or {}, "metrics", fail)

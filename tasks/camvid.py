@@ -98,6 +98,7 @@ TASKS.register("camvid", Task(
         "fast_at": {"norm": "linf", "eps": 2 / 255},
     },
     evaluation=EVALUATION,
+    headline=("worst_case",),
     sweeps={
         "camvid_main": (("st", {}), ("sam", {"rho": 0.05}),
                         ("at", {"norm": "linf", "eps": 2 / 255, "steps": 3, "step_size": 1 / 255})),

@@ -108,6 +108,7 @@ TASKS.register("digits", Task(
         "awp": {"norm": "linf", "eps": 16 / 255, "steps": 5, "step_size": 4 / 255},
         "sam_at": {"norm": "linf", "eps": 16 / 255, "steps": 5, "step_size": 4 / 255},
     },
+    headline=("pgd:norm=linf,eps=16/255,steps=10",),  # the budget the robust methods train at
     evaluation=(
         "fgsm:norm=linf,eps=16/255",
         "pgd:norm=linf,eps=8/255,steps=10",

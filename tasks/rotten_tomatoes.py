@@ -295,6 +295,7 @@ TASKS.register("text_rt", Task(
         "fast_at": {"norm": "linf", "eps": 0.002},
     },
     evaluation=EVALUATION,
+    headline=("pgd:norm=linf,eps=0.002,steps=10",),  # embedding space, the budget AT trains at
     # weight-space sharpness and curvature on 256 training sentences (a transformer's Hessian-vector
     # product costs about six forward-backward passes: keep it small on a CPU)
     analyses=("sharpness:rho=0.05,examples=256", "asharpness:rho=0.5,examples=256", "hessian:examples=256,iters=10"),

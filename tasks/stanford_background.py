@@ -73,6 +73,7 @@ TASKS.register("stanford_background", Task(
                        eval_batch_size=1),
     method_defaults=METHOD_DEFAULTS,
     evaluation=EVALUATION,
+    headline=("worst_case",),
     sweeps={
         "stanford_main": (("st", {}), ("sam", {"rho": 0.05}), ("sam", {"rho": 0.1}), ("sam", {"rho": 0.2}),
                           ("at", {"norm": "linf", "eps": 1 / 255, "steps": 5, "step_size": 0.5 / 255}),

@@ -22,7 +22,7 @@ import sys
 from suite.config import DataBundle, Task, TaskOptions
 from suite.errors import UserError
 from suite.registry import TASKS
-from tasks.cifar import EVALUATION, METHOD_DEFAULTS, PAPER_RECIPE, PAPER_ROWS
+from tasks.cifar import EVALUATION, HEADLINE_PGD, METHOD_DEFAULTS, PAPER_RECIPE, PAPER_ROWS
 
 
 def build_data(options: TaskOptions) -> DataBundle:
@@ -54,7 +54,7 @@ TASKS.register("tinyimagenet_prn18", Task(
     description=("Tiny ImageNet (200 classes, 64x64; val split as test), PreActResNet-18, the paper's "
                  "recipe; data: <data-dir>/tiny-imagenet-200 (official layout, class = sorted wnid index)"),
     build_data=build_data, build_model=build_model,
-    recipe=PAPER_RECIPE, method_defaults=METHOD_DEFAULTS, evaluation=EVALUATION,
+    recipe=PAPER_RECIPE, method_defaults=METHOD_DEFAULTS, evaluation=EVALUATION, headline=(HEADLINE_PGD,),
     sweeps={"tinyimagenet_main": PAPER_ROWS},
     needs_data_dir=True,
 ))

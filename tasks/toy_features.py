@@ -397,6 +397,7 @@ TASKS.register("toy_features", Task(
         "at": {"norm": "linf", "eps": 0.1, "steps": 5},
         "fast_at": {"norm": "linf", "eps": 0.1},
     },
+    headline=("pgd:norm=linf,eps=0.1,steps=10",),  # AT's default budget
     evaluation=(
         "pgd:norm=linf,eps=0.05,steps=10",
         "pgd:norm=linf,eps=0.1,steps=10",

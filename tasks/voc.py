@@ -103,6 +103,7 @@ for _name, _list, _epochs, _what in (("voc", "train", 326, "1,464 train images")
         recipe=_recipe(_epochs),
         method_defaults=METHOD_DEFAULTS,
         evaluation=EVALUATION,
+        headline=("worst_case",),
         sweeps={f"{_name}_main": (("st", {}), ("sam", {"rho": 0.05}), ("sam", {"rho": 0.1}),
                                   ("at", {"norm": "linf", "eps": 2 / 255, "steps": 5, "step_size": 1 / 255}))},
         default_model="mobilenet_v2",

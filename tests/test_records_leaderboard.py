@@ -5,13 +5,14 @@ import json
 import pytest
 
 from suite.config import ReportedRow, Task
-from suite.leaderboard import build_rows, plot, render
+from suite.leaderboard import build_rows, plot, plot_budgets, render
 from suite.records import RecordError, RecordStore, run_id, validate
 from suite.registry import TASKS
 
 
 def make_record(method="st", params=None, seed=0, clean=90.0, attacks=(("PGD-10 linf 8/255", 40.0),),
                 train_time=10.0, label=None):
+    """A record as written before per-example outcomes (boards must keep reading those)."""
     params = params or {}
     ident = {"task": "digits", "method": method, "params": params, "seed": seed}
     return {
@@ -21,7 +22,8 @@ def make_record(method="st", params=None, seed=0, clean=90.0, attacks=(("PGD-10 
         "train": {"epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "schedule": "step"},
         "seed": seed, "evaluation": {"attacks": [{"name": "pgd", "eps": 8 / 255}], "n_examples": 0},
         "metrics": {"metric": "accuracy", "n": 359, "clean": clean,
-                    "attacks": [{"name": "pgd", "label": lbl, "params": {}, "value": acc, "n": 359, "attacked": 300}
+                    "attacks": [{"name": "pgd", "label": lbl, "params": {"norm": "linf", "eps": 8 / 255}, "value": acc,
+                                 "n": 359, "attacked": 300}
                                 for lbl, acc in attacks],
                     "worst_case": min([acc for _, acc in attacks] + [clean]), "eval_time_s": 1.0},
         "cost": {"train_time_s": train_time, "steps": 100, "passes_per_step": 1.0, "device": "cpu"},
@@ -83,8 +85,10 @@ def test_seeds_aggregate_and_rows_sort_by_worst_case():
     assert [r.label for r in rows] == ["SAM rho=0.1", "ST"]
     assert len(rows[1].records) == 3 and rows[1].clean == [90, 91, 92]
     md = render(TASKS.get("digits"), recs)
-    assert "| SAM rho=0.1 | 91.0 | 30.0 | 30.0 | 2.00x | 1 | 1 |" in md
-    assert "| ST | 91.0 ± 1.0 | 11.0 ± 1.0 | 11.0 ± 1.0 | 1.00x | 1 | 3 |" in md
+    # one seed: Wilson interval of 30% of 359; three seeds: mean ± std and the t interval of the mean
+    assert "| SAM rho=0.1 | 91.0 [87.7, 93.6] | 30.0 [25.6, 35.0] | – | 2.00x | 1 |" in md
+    assert "| ST | 91.0 ± 1.0 [88.5, 93.5] | 11.0 ± 1.0 [8.5, 13.5] | (baseline) | 1.00x | 3 |" in md
+    assert "No paired test for SAM rho=0.1, ST: recorded before per-example outcomes" in md
 
 
 def test_render_is_byte_identical_and_independent_of_record_order(tmp_path):
@@ -95,6 +99,8 @@ def test_render_is_byte_identical_and_independent_of_record_order(tmp_path):
     assert a == b and a.encode() == render(task, recs).encode()
     assert plot(task, recs, tmp_path / "a.png") and plot(task, list(reversed(recs)), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert plot_budgets(task, recs, tmp_path / "c.png") and plot_budgets(task, recs[::-1], tmp_path / "d.png")
+    assert (tmp_path / "c.png").read_bytes() == (tmp_path / "d.png").read_bytes()
 
 
 def test_reported_rows_are_separate_and_marked():
@@ -167,7 +173,8 @@ def test_cost_is_relative_to_st_with_the_same_training_settings():
     long_st["train"] = {**long_st["train"], "epochs": 8}
     long_st["run_id"] = "long"
     md = render(TASKS.get("digits"), recs + [long_st])
-    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    main = md.split("**Protocol.**")[0]
+    rows = {line.split(" | ")[0]: line for line in main.splitlines() if line.startswith("| ")}
     assert "2.00x" in rows["| SAM"] and "1.00x" in rows["| ST (epochs=2)"] and "1.00x" in rows["| ST (epochs=8)"]
 
 

@@ -40,6 +40,10 @@ class Attack:
     description: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[Mapping[str, Param]] = {}
+    # The threat family: the worst case over an evaluation suite is taken within one family (the
+    # norm-bounded attacks together; a spatial, pixel or text-edit attack is its own column, never
+    # folded into the norm-bounded worst case).
+    threat: ClassVar[str] = "norm-bounded"
 
     def __init__(self, adapter: Adapter, **params: Any):
         self.adapter = adapter

@@ -68,6 +68,7 @@ class Pixle(Attack):
     description = ("Pixle (Pomponi et al. 2022): black-box pixel rearrangement with an L0 budget of `pixels` "
                    "changed locations, 20 restarts x 10 iterations")
     modalities = ("image",)
+    threat = "pixel rearrangement"
     params = {
         "pixels": Param(int, 10, "L0 budget: pixel locations that may change", check=at_least_one),
         "restarts": Param(int, 20, "restarts (each continues from the best image so far)", check=at_least_one),

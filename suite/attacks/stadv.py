@@ -79,6 +79,7 @@ class StAdv(Attack):
     description = ("StAdv spatial flow attack (Xiao et al. 2018): CW margin + tau * flow smoothness, Adam, "
                    "flow bounded in linf (normalised units: 0.05 = 0.775 px on 32x32)")
     modalities = ("image",)
+    threat = "spatial flow"
     params = {
         "bound": Param(float, 0.05, "linf bound on each flow component, in units of half the image side "
                                     "(0.05 = 0.775 px on 32x32)", check=nonneg),

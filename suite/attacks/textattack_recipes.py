@@ -189,6 +189,7 @@ def _import_textattack():
 class TextAttackRecipe(Attack):
     recipe: Recipe
     modalities = ("text",)
+    threat = "text edits"
     params = {
         "query_budget": Param(int, None, "maximum model queries per example (default: unlimited)",
                               check=at_least_one, optional=True),

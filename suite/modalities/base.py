@@ -62,10 +62,20 @@ class Adapter:
     # others are wrong already). Segmentation overrides all four (a confusion matrix per image,
     # pixel accuracy as the per-image score, mIoU and friends as metrics, every image attacked).
     attack_only_correct: bool = True
+    outcome_kind: str = "correct"  # how records store per-example outcomes (suite.outcomes)
 
     def example_stats(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
         """Per-example statistics, first dimension N (classification: bool 'correct')."""
         return self.correct(output, batch)
+
+    def predictions(self, output: torch.Tensor) -> torch.Tensor | None:
+        """The predicted class of every example (kept for the record's prediction histogram); None
+        where the outcomes hold the predictions already (segmentation's per-class pixel counts)."""
+        return output.argmax(dim=-1)
+
+    def outcome_array(self, stats: torch.Tensor):
+        """Per-example statistics as the numpy array records store (suite.outcomes, `outcome_kind`)."""
+        return stats.cpu().numpy().astype(bool)
 
     def example_score(self, stats: torch.Tensor) -> torch.Tensor:
         """One float per example; the worst case over attacks is, per example, the lowest score."""

@@ -82,6 +82,7 @@ class Segmentation(Adapter):
     bounds = (0.0, 1.0)
     ignore_index = IGNORE_INDEX
     attack_only_correct = False  # every image is attacked; its pixel accuracy can always drop
+    outcome_kind = "class_counts"  # per image and class: true positives, true pixels, predicted pixels
 
     # --- batches -------------------------------------------------------------------------------
     def to_device(self, batch, device):
@@ -144,6 +145,17 @@ class Segmentation(Adapter):
     def example_stats(self, output, batch):
         """Per-image confusion matrix (N, K, K) int64, K = the number of logit channels."""
         return confusion_matrices(output.argmax(dim=1), batch[1], output.shape[1], self.ignore_index)
+
+    def predictions(self, output):
+        return None  # the per-class predicted pixel counts are part of every image's outcome
+
+    def outcome_array(self, stats):
+        """(N, K, 3) int64: per image and class, true positives, ground-truth pixels, predicted pixels
+        (the diagonal, row sums and column sums of its confusion matrix)."""
+        import torch
+
+        return torch.stack([stats.diagonal(dim1=-2, dim2=-1), stats.sum(dim=-1), stats.sum(dim=-2)],
+                           dim=-1).cpu().numpy().astype("int64")
 
     def example_score(self, stats):
         """Per-image pixel accuracy in [0, 1]; an image without a valid pixel scores 1.0, so that it
