@@ -27,6 +27,7 @@ import torch
 
 from suite.attacks.base import AttackSpec
 from suite.config import TaskOptions
+from suite.errors import UserError
 from suite.params import parse_number
 from suite.registry import MODALITIES, TASKS, load_builtins
 
@@ -62,7 +63,7 @@ def task_model(args, device):
     return model, torch.cat(xs), torch.cat(ys), adapter
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="digits")
     ap.add_argument("--include", action="append", default=[], metavar="PATH",
@@ -77,11 +78,12 @@ def main() -> None:
     ap.add_argument("--eps", default="8/255")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    return ap
 
-    import pyautoattack
 
-    from suite.evaluate import evaluate
+def measure(args: argparse.Namespace) -> dict:
+    """Time the three paths (interleaved repeats, medians) and compare their robust flags; see the
+    module docstring. benchmarks/gpu_check.py calls `compare` with a model it trained."""
     from suite.registry import include
 
     load_builtins()
@@ -95,12 +97,25 @@ def main() -> None:
         adapter = MODALITIES.get("image")()
     else:
         model, x, y, adapter = task_model(args, device)
+    return compare(model, x, y, adapter, n=args.n, batch_size=args.batch_size, norm=args.norm, eps=args.eps,
+                   repeats=args.repeats, device=device)
+
+
+def compare(model, x, y, adapter, *, n: int, batch_size: int | None, norm: str, eps: str, repeats: int,
+            device: torch.device) -> dict:
+    """The three paths on the first `n` clean-correct of (x, y), for a model already built."""
+    import pyautoattack
+
+    from suite.evaluate import evaluate
+
     with torch.no_grad():
         correct = torch.cat([model(x[i:i + 512]).argmax(1) == y[i:i + 512] for i in range(0, len(y), 512)])
-    x, y = x[correct][: args.n], y[correct][: args.n]
-    n, bs = len(y), args.batch_size or len(y)
-    eps = parse_number(args.eps)
-    spec = AttackSpec.of("autoattack", norm=args.norm, eps=args.eps)
+    x, y = x[correct][:n], y[correct][:n]
+    n, bs = len(y), batch_size or len(y)
+    if n == 0:
+        raise UserError("AutoAttack: the model classifies none of the test images correctly; nothing to attack")
+    eps_text, eps = eps, parse_number(eps)
+    spec = AttackSpec.of("autoattack", norm=norm, eps=eps_text)
     attack = spec.build(adapter)
 
     def sync():
@@ -108,7 +123,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def direct():
-        aa = pyautoattack.AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[args.norm], eps=eps,
+        aa = pyautoattack.AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
                                      version="standard", device=device, seed=0)
         aa.verbose = False
         _, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
@@ -125,7 +140,7 @@ def main() -> None:
     times = {"direct": [], "suite": [], "evaluate": []}
     cpu = {k: [] for k in times}  # process CPU time: steadier than wall time on a shared machine
     flags = {}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every path alike
+    for _ in range(repeats):  # interleaved, so drift in machine load hits every path alike
         for name, fn in (("direct", direct), ("suite", suite_attack), ("evaluate", suite_evaluate)):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -135,18 +150,32 @@ def main() -> None:
             cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
     mcpu = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"AutoAttack standard {args.norm} {args.eps} on {n} clean-correct images, batch {bs}, {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    robust = {"direct": 100 * flags["direct"].float().mean().item(),
-              "suite": 100 * flags["suite"].float().mean().item(), "evaluate": flags["evaluate"]}
+    return {
+        "norm": norm, "eps": eps_text, "n": n, "batch_size": bs, "device": str(device),
+        "threads": torch.get_num_threads(), "repeats": repeats,
+        "seconds_wall": med, "seconds_cpu": mcpu,
+        "robust_percent": {"direct": 100 * flags["direct"].float().mean().item(),
+                           "suite": 100 * flags["suite"].float().mean().item(), "evaluate": flags["evaluate"]},
+        "identical_flags": bool(torch.equal(flags["direct"].cpu(), flags["suite"].cpu())),
+    }
+
+
+def report(r: dict) -> None:
+    n, med, mcpu = r["n"], r["seconds_wall"], r["seconds_cpu"]
+    print(f"AutoAttack standard {r['norm']} {r['eps']} on {n} clean-correct images, batch {r['batch_size']}, "
+          f"{r['device']}, {r['threads']} threads, median of {r['repeats']}")
+    robust = r["robust_percent"]
     print(f"  {'path':20s} {'images/s (wall)':>16s} {'images/s (cpu)':>15s} {'robust':>8s}")
     for name, title in (("direct", "pyautoattack direct"), ("suite", "suite attack"), ("evaluate", "suite.evaluate")):
         print(f"  {title:20s} {n / med[name]:16.3f} {n / mcpu[name]:15.3f} {robust[name]:7.1f}%")
     print(f"  time ratio to direct (wall / cpu): suite {med['suite'] / med['direct']:.3f} / "
           f"{mcpu['suite'] / mcpu['direct']:.3f}, evaluate {med['evaluate'] / med['direct']:.3f} / "
           f"{mcpu['evaluate'] / mcpu['direct']:.3f}")
-    print(f"  identical robust flags (direct vs suite attack): "
-          f"{'yes' if torch.equal(flags['direct'].cpu(), flags['suite'].cpu()) else 'no'}")
+    print(f"  identical robust flags (direct vs suite attack): {'yes' if r['identical_flags'] else 'no'}")
+
+
+def main() -> None:
+    report(measure(build_parser().parse_args()))
 
 
 if __name__ == "__main__":
