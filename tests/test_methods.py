@@ -147,6 +147,19 @@ def test_esam_sharpness_sensitive_data_selection(gamma):
     assert max_diff(expected, sam) > 1e-4
 
 
+def test_esam_keeps_two_examples_where_gamma_would_leave_one():
+    """gamma * n < 2 would train the second pass on one example, which a BatchNorm layer that pools
+    to 1x1 cannot (DeepLabV3's ASPP): ESAM keeps the two sharpest examples instead."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
+    seen = []
+    model[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    one_step(METHODS.get("esam")(rho=0.1, beta=1.0, gamma=0.25), model, (x, y), 0.1)  # 0.25 * 4 = 1 example
+    assert seen[-1] == 2
+
+
 def _mixed_mask_seed(n_tensors: int, beta: float) -> tuple[int, torch.Tensor]:
     for s in range(1000):
         torch.manual_seed(s)

@@ -246,7 +246,9 @@ class ESAM(_AscentMethod):
         from suite import distributed as D
 
         n = adapter.batch_size(batch)
-        k = n if self.p["gamma"] >= 1.0 else max(1, int(n * self.p["gamma"]))
+        # at least two examples where the batch has them: a one-example batch cannot train BatchNorm
+        # layers that pool to 1x1 (DeepLabV3's ASPP), as the trainer's own one-example skip says
+        k = n if self.p["gamma"] >= 1.0 else max(min(2, n), int(n * self.p["gamma"]))
         if k < n:
             with torch.no_grad():  # rank by the rise of each example's loss, at w + e, without a graph
                 after = adapter.loss(adapter.forward(D.unwrap(model), batch), batch, reduction="none")
