@@ -45,7 +45,7 @@ def build_data(options: TaskOptions) -> DataBundle:
 
     if options.data_dir is None:
         raise UserError("cifar10_aa_resnet18 needs a data directory: pass --data-dir")
-    s = load_cifar(options.data_dir, "cifar10", log=lambda m: print(m, file=sys.stderr, flush=True))
+    s = load_cifar(options.data_dir, "cifar10", log=lambda m: print(m, file=sys.stdout, flush=True))
     return DataBundle(
         train=as_tensor_dataset(*s.splits["train"]),
         test=as_tensor_dataset(*s.splits["test"]),

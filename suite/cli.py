@@ -16,12 +16,14 @@ from pathlib import Path
 from suite.errors import UserError
 
 RUN_EXAMPLES = """examples:
-  python -m suite run --task digits --method sam                  # the offline default (about a minute on a CPU)
+  python -m suite run --task digits --method sam                  # the offline default (under a minute on a CPU with OMP_NUM_THREADS=1)
   python -m suite run --task digits --method sam --rho 0.2 --seed 1
   python -m suite run --task digits --method at --norm l2 --eps 64/255 --step-size 16/255
   python -m suite run --task digits --method st --set epochs=5 --set lr=0.02
   python -m suite run --task digits --method st --set train_examples=500 --set eval_examples=200
-  python -m suite run --task text_rt --method sam --model /path/to/local/model --data-dir ~/data
+  NLTK_DATA=../shared/data/nltk_data python -m suite run --task text_rt --method sam --model $MINILM --data-dir ../shared/data
+                                                                  # offline: the three things text_rt needs (README, quick start)
+  python -m suite run --task digits --method sam --dry-run        # check everything, print the plan and run id; train nothing
   python -m suite run --task digits --method st --attacks pgd:norm=linf,eps=16/255,steps=20 pgd:norm=l2,eps=0.5,restarts=5
 """
 EVAL_EXAMPLES = """examples:
@@ -83,7 +85,8 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
                        help="model id or local path, for tasks that take one (text: a Hugging Face checkpoint)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a recipe field or method parameter, e.g. epochs=10 (repeatable)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (on a terminal) nor progress lines (in a log)")
 
 
 def _method_flags(p: argparse.ArgumentParser) -> list[str]:
@@ -92,10 +95,19 @@ def _method_flags(p: argparse.ArgumentParser) -> list[str]:
     names = sorted({k for _, cls in METHODS.items() for k in cls.params})
     g = p.add_argument_group("method parameters (each method declares its own; see `suite ls`)")
     for name in names:
-        owners = [n for n, cls in METHODS.items() if name in cls.params]
-        helps = {cls.params[name].help for n, cls in METHODS.items() if name in cls.params}
+        # a flag several methods declare may mean a different thing to each (--beta: ESAM's SWP
+        # probability, TRADES' KL weight): each meaning is shown with the methods it belongs to
+        meanings: dict[str, list[str]] = {}
+        for n, cls in METHODS.items():
+            if name in cls.params:
+                meanings.setdefault(cls.params[name].help, []).append(n)
+        if len(meanings) == 1:
+            ((text, owners),) = meanings.items()
+            meaning = f"{text} ({', '.join(owners)})"
+        else:
+            meaning = "; ".join(f"{', '.join(owners)}: {text}" for text, owners in meanings.items())
         g.add_argument(f"--{name.replace('_', '-')}", dest=f"mp_{name}", default=None, metavar="V",
-                       help=f"{sorted(helps)[0]} ({', '.join(owners)})")
+                       help=meaning.replace("%", "%%"))
     return names
 
 
@@ -119,6 +131,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     run.add_argument("--corruptions", default=None, metavar="SPEC",
                      help="corruption robustness (CIFAR-10-C style files under --data-dir): paper, all, all:3, fog:3,...")
     run.add_argument("--force", action="store_true", help="run again even if this run is recorded")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything (names, values, paths, what the task needs here), print the plan "
+                          "and whether it is recorded; train nothing")
     _common(run)
     names = _method_flags(run)
 
@@ -160,6 +175,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                         epilog=LB_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     lb.add_argument("--task", default=None)
     _common(lb, run=False)
+    parser.commands = sub.choices  # name -> subparser, so a stray argument names `suite run --help`
     return parser, names
 
 
@@ -205,14 +221,19 @@ def _flag_hint(args) -> str:
 
 def cmd_run(args, names) -> int:
     from suite.records import RecordStore
-    from suite.runner import execute, plan_run, resolve_device
+    from suite.runner import plan_run
 
+    # everything up to here imports no torch: bad input is refused in well under a second
     params = {n: getattr(args, f"mp_{n}") for n in names if getattr(args, f"mp_{n}") is not None}
     plan = plan_run(args.task, args.method, method_params=params, overrides=_kv(args.overrides, "--set"),
                     seed=args.seed, attacks=args.attacks, analyses=args.analyses, corruptions=args.corruptions,
-                    options=_options(args))
+                    options=_options(args), check_needs=True)
+    if args.dry_run:
+        _print_plan(plan, RecordStore(Path(args.out)))
+        return 0
     _check_out_dirs(args)
     from suite import distributed
+    from suite.runner import execute, resolve_device
     device = distributed.setup(resolve_device(args.device))  # under torchrun: join the job, one device each
     rec = execute(plan, RecordStore(Path(args.out)), work_dir=Path(args.work_dir), device=device, force=args.force,
                   progress=not args.no_progress)
@@ -221,16 +242,38 @@ def cmd_run(args, names) -> int:
     return 0
 
 
+def _print_plan(plan, store) -> None:
+    """`run --dry-run`: what the run would do, and whether it is recorded already."""
+    from suite.runner import analyses_cost, build_analysis
+
+    cfg = plan.cfg
+    state = f"recorded: {store.path(plan.task.name, plan.run_id)}" if store.exists(plan.task.name, plan.run_id) \
+        else "not recorded yet"
+    print(f"run {plan.run_id}: task {plan.task.name}, {plan.method.label()}, seed {plan.seed} ({state})")
+    subset = f" on a stratified {cfg.train_examples} training examples" if cfg.train_examples else ""
+    print(f"  training: {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}{subset}, batch {cfg.batch_size}, "
+          f"{cfg.optimizer} lr {cfg.lr:g}, {plan.method.cost():g} forward-backward passes per step")
+    n_eval = f"{cfg.eval_examples} test examples" if cfg.eval_examples else "the whole test split"
+    attacks = [spec.build(plan.adapter).label() + (f" (n={spec.n})" if spec.n else "") for spec in plan.attacks]
+    print(f"  evaluation on {n_eval}: clean" + "".join(f", {a}" for a in attacks))
+    if plan.analyses:
+        labels = ", ".join(build_analysis(spec, plan.adapter).label() for spec in plan.analyses)
+        print(f"  analyses: {labels}")
+        if cfg.train_examples:
+            print(f"  {analyses_cost(plan, cfg.train_examples)}")
+
+
 def _print_metrics(m: dict, cost: dict | None = None) -> None:
     sub = m.get("subset", {})
     how = f", {sub['strategy']} subset of {sub['of']}" if sub and sub.get("strategy") != "all" else ""
     print(f"clean {m['metric']}: {m['clean']:.2f}% (n={m['n']}{how})")
     for a in m["attacks"]:
         n = f" (n={a['n']})" if a["n"] != m["n"] else ""
-        print(f"  {a['label']}: {a['value']:.2f}%{n}")
+        threat = f" [{a['threat']}]" if a.get("threat", "norm-bounded") != "norm-bounded" else ""
+        print(f"  {a['label']}: {a['value']:.2f}%{n}{threat}")
     if m.get("worst_case") is not None:
         n = f" (n={m['worst_case_n']})" if m.get("worst_case_n") != m["n"] else ""
-        print(f"  worst case: {m['worst_case']:.2f}%{n}")
+        print(f"  worst case (norm-bounded attacks): {m['worst_case']:.2f}%{n}")
     if m.get("corruptions"):
         c = m["corruptions"]
         print(f"  {c['dataset']} mean over {len(c['items'])}: {c['mean']:.2f}% (n={c['subset']['n']})")
@@ -250,7 +293,7 @@ def cmd_eval(args) -> int:
     if not Path(args.checkpoint).is_file():
         raise UserError(f"checkpoint {args.checkpoint}: no such file")
     plan = plan_run(args.task, "st", overrides=_kv(args.overrides, "--set"), seed=args.seed, attacks=args.attacks,
-                    analyses=args.analyses, corruptions=args.corruptions, options=_options(args))
+                    analyses=args.analyses, corruptions=args.corruptions, options=_options(args), check_needs=True)
     _check_out_dirs(args)
     from suite import distributed
     device = distributed.setup(resolve_device(args.device))  # under torchrun: evaluation sharded over ranks
@@ -262,9 +305,9 @@ def cmd_eval(args) -> int:
         return 0
     _print_metrics(metrics)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"task": args.task, "checkpoint": str(args.checkpoint), "metrics": metrics},
-                                  indent=2, sort_keys=True) + "\n")
+        from suite.files import write_text  # whole or not at all; a full disk is one line
+        write_text(out, json.dumps({"task": args.task, "checkpoint": str(args.checkpoint), "metrics": metrics},
+                                   indent=2, sort_keys=True) + "\n")
         print(f"wrote {out}")
     return 0
 
@@ -341,22 +384,27 @@ def cmd_sweep(args) -> int:
     store = RecordStore(Path(args.out))
     # plan everything first: a typo in the last run fails before the first one trains
     plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, attacks=args.attacks,
-                      analyses=args.analyses, options=_options(args))
+                      analyses=args.analyses, options=_options(args), check_needs=not args.dry_run)
              for (m, p) in runs for s in seeds]
     if shard is not None:
         plans = [p for p in plans if shard_of(p.run_id, shard[1]) == shard[0]]
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     recorded = sum(store.exists(p.task.name, p.run_id) for p in plans)
     todo = [p for p in plans if args.force or not store.exists(p.task.name, p.run_id)]
-    again = " (--force: running the recorded ones again)" if args.force and recorded else ""
+    again = ""
+    if args.force and recorded:
+        again = (" (dry run: with --force the recorded ones would run again)" if args.dry_run
+                 else " (--force: running the recorded ones again)")
     print(f"sweep {args.grid}{where}: {len(plans)} runs, {recorded} already recorded, {len(todo)} to run{again}")
-    if args.dry_run:
+    if args.dry_run:  # lists only: nothing is read, trained or written
         for p in plans:
             state = "recorded" if store.exists(p.task.name, p.run_id) else "to run"
             print(f"  {p.run_id}  {p.method.label():40s} seed {p.seed}  {state}")
         return 0
     _check_out_dirs(args)
     device = resolve_device(args.device)
+    from suite.runner import check_sweep, data_key
+    shared = check_sweep(plans, store, Path(args.work_dir), device, args.force)  # before any run or lock
     failures, done, deferred = 0, 0, []
 
     def one(p, lock, i, total):
@@ -368,7 +416,7 @@ def cmd_sweep(args) -> int:
         print(f"[{i}/{total}] {p.method.label()} seed {p.seed}")
         try:
             execute(p, store, work_dir=Path(args.work_dir), device=device, force=args.force,
-                    progress=not args.no_progress, lock=lock)
+                    progress=not args.no_progress, lock=lock, data=shared.get(data_key(p)))
             done += 1
         except RunFailed as e:
             failures += 1
@@ -429,11 +477,15 @@ def cmd_leaderboard(args) -> int:
     out = Path(args.out)
     if args.task is not None:
         TASKS.get(args.task)
+    # --task: that board; --include: the boards of the tasks those files register; else every board
+    wanted = {args.task} if args.task is not None else set(getattr(args, "included", [])) or None
     records = RecordStore(out).load(args.task)
-    known = [t for n, t in TASKS.items() if args.task in (None, n)]
+    known = [t for n, t in TASKS.items() if wanted is None or n in wanted]
     unknown = sorted({r["task"]["name"] for r in records} - set(TASKS.names()))
-    if unknown:
+    if unknown and wanted is None:
         print(f"note: records of unregistered tasks skipped: {', '.join(unknown)} (load them with --include)")
+    if wanted is not None:
+        records = [r for r in records if r["task"]["name"] in wanted]
     written = publish(known, records, out)
     if not written:
         raise UserError(f"no complete run records under {out / 'records'}; run `python -m suite run ...` first")
@@ -448,14 +500,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_builtins()
         parser, names = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand's parser, which names its own --help
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        args.included = []
         for path in getattr(args, "include", []):
-            include(path)
+            args.included += include(path)
         if args.command == "run":
             return cmd_run(args, names)
         return {"eval": cmd_eval, "sweep": cmd_sweep, "ls": cmd_ls, "leaderboard": cmd_leaderboard}[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever a library's message held
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)

@@ -14,3 +14,9 @@ def run_script(main) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(e: BaseException | str, limit: int = 300) -> str:
+    """An exception's message on one line (a library's message may span several), at most `limit` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -95,6 +95,7 @@ def evaluate(
     subset_seed: int = 0,
     checks: bool = True,
     progress: bool = False,
+    data_fingerprint: str = "",
 ) -> dict[str, Any]:
     model.to(device).eval()
     built = [spec.build(adapter) for spec in attacks]
@@ -114,7 +115,7 @@ def evaluate(
     key = {"n": n, "indices": subsets.indices_hash(eval_idx), "specs": [repr(a) for a in attacks],
            "outcomes": outcomes.FORMAT}
     world, rank = D.world_size(), D.rank()
-    state = D.broadcast_object(_load_state(state_path, key, len(attacks)) if D.is_main() else None)
+    state = D.broadcast_object(_load_state(state_path, key, len(attacks), data_fingerprint) if D.is_main() else None)
     t0 = time.perf_counter()
     n_batches = -(-n // batch_size)
 
@@ -319,9 +320,12 @@ def _attacked_stats(model, adapter, batch, res, clean_stats):
     return clean_stats & ~res.success.cpu().to(torch.bool)
 
 
-def _load_state(path: Path | None, key: dict, k: int) -> dict:
+def _load_state(path: Path | None, key: dict, k: int, data_fingerprint: str = "") -> dict:
+    """The saved state of this evaluation, or a fresh one. A state of other data (its data fingerprint
+    differs; the runner refuses such a state in one line before anything runs) is never resumed."""
     fresh = {"key": key, "clean": None, "predicted": None, "done": [torch.zeros(key["n"], dtype=torch.bool) for _ in range(k)],
-             "stats": [None] * k, "attacked": [0] * k, "extra": [{} for _ in range(k)]}
+             "stats": [None] * k, "attacked": [0] * k, "extra": [{} for _ in range(k)],
+             "data_fingerprint": data_fingerprint}
     if path is None or not path.exists():
         return fresh
     try:
@@ -329,6 +333,8 @@ def _load_state(path: Path | None, key: dict, k: int) -> dict:
     except Exception:
         return fresh  # a half-written or foreign state is recomputed, never trusted
     if not isinstance(state, dict) or state.get("key") != key:
+        return fresh
+    if data_fingerprint and state.setdefault("data_fingerprint", data_fingerprint) != data_fingerprint:
         return fresh
     return state
 

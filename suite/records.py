@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +192,8 @@ class RecordStore:
     def read(self, path: Path) -> dict:
         try:
             rec = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RecordError(f"{path}: cannot read run record: {e}") from None
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
+            raise RecordError(f"{path}: cannot read run record: {type(e).__name__}: {e}") from None
         return validate(rec, str(path))
 
     def write(self, rec: dict) -> Path:
@@ -203,14 +202,56 @@ class RecordStore:
         p = self.path(rec["task"]["name"], rec["run_id"])
         if rec["status"] == "failed" and self.exists(rec["task"]["name"], rec["run_id"]):
             return p
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        from suite.files import write_text
+        self.set_aside(p)  # an invalid file there is kept, never overwritten
+        write_text(p, json.dumps(rec, indent=2, sort_keys=True) + "\n")  # a full disk: DiskFull, one line
         return p
+
+    def set_aside(self, p: Path) -> tuple[Path, str] | None:
+        """A file at a record's path that is not a valid record (corrupt, or of another schema) is
+        renamed to `<run_id>.json.invalid[-N]` (which `load` does not read) rather than replaced;
+        returns (the new name, why it is invalid), or None when there was nothing to set aside."""
+        if not p.exists():
+            return None
+        try:
+            self.read(p)
+            return None
+        except RecordError as e:
+            why = str(e)
+        aside = p.with_name(p.name + ".invalid")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = p.with_name(f"{p.name}.invalid-{n}")
+        os.replace(p, aside)
+        return aside, why
+
+    def tidy(self, task: str, rid: str) -> list[str]:
+        """When a run is touched: an invalid record is set aside; a temporary of this record whose
+        writer died (suite.files) becomes the record when it is a complete valid record and none exists
+        (the writer died between writing it and renaming it), and is removed otherwise. Returns what
+        was done, one line each."""
+        from suite.files import remove_stale_temporaries, stale_temporaries
+
+        p = self.path(task, rid)
+        notes = []
+        moved = self.set_aside(p)
+        if moved is not None:
+            notes.append(f"{moved[1]}; kept aside as {moved[0].name}, and this run writes a new record")
+        for tmp in stale_temporaries(p.parent, p.name):
+            if p.exists():
+                break
+            try:
+                rec = self.read(tmp)
+            except RecordError:
+                continue
+            if rec["run_id"] == rid and rec["status"] == "complete":
+                os.replace(tmp, p)
+                notes.append(f"{p}: the complete record a writer that died left as {tmp.name} is this run's "
+                             "record now")
+        for tmp in remove_stale_temporaries(p.parent, p.name):
+            notes.append(f"removed {tmp}, a temporary file left by a writer that died")
+        return notes
 
     def load(self, task: str | None = None) -> list[dict]:
         base = self.root / "records"

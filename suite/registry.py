@@ -53,8 +53,11 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         names = sorted(self._items)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        # every name that extends the one given (`cifar10` -> each cifar10_* task, the paper's among
+        # them), then the nearest others by spelling
+        longer = [n for n in names if n.startswith(name)] if len(name) >= 3 else []
+        close = longer + [c for c in difflib.get_close_matches(name, names, n=3, cutoff=0.5) if c not in longer]
+        hint = f" Did you mean {', '.join(repr(c) for c in close[:max(3, len(longer))])}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
 
     def names(self) -> list[str]:
@@ -80,9 +83,14 @@ METHODS: Registry = Registry("method")
 ATTACKS: Registry = Registry("attack")
 MODALITIES: Registry = Registry("modality")
 ANALYSES: Registry = Registry("analysis")
+# What a task needs from this machine (data files, model weights), checked before anything is imported
+# or trained: `CHECKS.register("task_name", fn)` with fn(TaskOptions) -> a list of one-line problems
+# (empty when the task can run). The runner reports them together with any other problem it finds
+# (e.g. an attack's missing corpus), so a newcomer learns everything missing in one message.
+CHECKS: Registry = Registry("task check")
 
 _loaded_builtins = False
-_included: set[Path] = set()
+_included: dict[Path, list[str]] = {}  # file -> the task names it registered
 
 
 def load_builtins() -> None:
@@ -105,7 +113,7 @@ def load_builtins() -> None:
 def include(path: str | Path) -> list[str]:
     """Load user task files: a .py file, or every .py file (not starting with _) in a folder.
 
-    Returns the names of the tasks they registered.
+    Returns the names of the tasks they registered (also when a file was loaded before).
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -113,12 +121,14 @@ def include(path: str | Path) -> list[str]:
     files = sorted(f for f in p.glob("*.py") if not f.name.startswith("_")) if p.is_dir() else [p]
     if p.is_file() and p.suffix != ".py":
         raise UserError(f"--include {path}: expected a .py file or a folder of them")
-    before = set(TASKS.names())
+    names: set[str] = set()
     for f in files:
         f = f.resolve()
         if f in _included:
+            names.update(_included[f])
             continue
-        _included.add(f)
+        before = set(TASKS.names())
+        _included[f] = []
         modname = f"suite_user_{f.stem}_{abs(hash(str(f))) % 10**8}"
         spec = importlib.util.spec_from_file_location(modname, f)
         assert spec and spec.loader
@@ -130,4 +140,6 @@ def include(path: str | Path) -> list[str]:
             raise
         except Exception as e:  # a broken user file is bad input: one line, not a traceback
             raise UserError(f"--include {f}: failed to load: {type(e).__name__}: {e}") from e
-    return sorted(set(TASKS.names()) - before)
+        _included[f] = sorted(set(TASKS.names()) - before)
+        names.update(_included[f])
+    return sorted(names)

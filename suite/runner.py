@@ -17,21 +17,22 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
-
-from suite import distributed as D
 from suite import subsets
 from suite.attacks.base import AttackSpec
 from suite.config import Task, TaskOptions, TrainConfig
 from suite.errors import UserError
-from suite.evaluate import evaluate
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
 from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
-from suite.registry import ANALYSES, METHODS, MODALITIES, TASKS, load_builtins
-from suite.train import atomic_save, train
+from suite.registry import ANALYSES, CHECKS, METHODS, MODALITIES, TASKS, load_builtins
+
+# Planning imports no torch: `plan_run` validates every name, value and path in well under a second,
+# so bad input is refused before the seconds that importing torch takes. Functions that train or
+# evaluate import torch (and suite.distributed, suite.train, suite.evaluate, which import it) themselves.
+if TYPE_CHECKING:
+    import torch
 
 
 def default_data_dir() -> Path:
@@ -42,6 +43,8 @@ def default_data_dir() -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -154,7 +157,13 @@ def plan_run(
     analyses: list[str] | None = None,
     corruptions: str | None = None,
     options: TaskOptions | None = None,
+    check_needs: bool = False,
 ) -> RunPlan:
+    """Validate everything about a run and compute its id; imports no torch.
+
+    `check_needs` (the command line sets it) also asks the task what it lacks on this machine (its
+    suite.registry.CHECKS entry: data files, model weights) and reports that together with every
+    attack's problems (e.g. a missing corpus) in one line, instead of one failed run per problem."""
     load_builtins()
     task: Task = TASKS.get(task_name)
     method_cls = METHODS.get(method_name)
@@ -165,16 +174,32 @@ def plan_run(
     params.update(method_params or {})
     method = method_cls(**params)
     cfg = task.recipe.override(train_set) if train_set else task.recipe.validate()
+    method.check_settings(cfg)  # settings this method cannot work with (amp=fp16, AWP's warm-up), now
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     adapter = MODALITIES.get(task.modality)(task)
     specs = [s if isinstance(s, AttackSpec) else AttackSpec.parse(s)
              for s in (task.evaluation if attacks is None else attacks)]
-    resolved = [spec.resolved(adapter) for spec in specs]  # validates every attack now, not after training
+    problems: list[str] = []
+    resolved = []
+    for spec in specs:  # validates every attack now, not after training
+        try:
+            resolved.append(spec.resolved(adapter))
+        except UserError as e:
+            if not check_needs:
+                raise
+            problems.append(str(e))
     an_specs = [parse_analysis(a) for a in (task.analyses if analyses is None else analyses)]
     an_resolved = [{"name": name, **build_analysis((name, p), adapter).p} for name, p in an_specs]
     corr = _plan_corruptions(task, task.corruptions if corruptions is None else corruptions)
     options = options or TaskOptions()
+    if check_needs:
+        problems += task_needs(task, options)
+        if len(problems) == 1:
+            raise UserError(problems[0])
+        if problems:
+            raise UserError(f"{len(problems)} problems, all found before anything ran: "
+                            + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
     model_id = options.model or task.default_model
     identity = {
         "task": task.name, "task_version": task.version, "model": model_id,
@@ -186,6 +211,16 @@ def plan_run(
     if corr:
         identity["corruptions"] = [f"{n}:{s}" for n, s in corr]
     return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, corr, options, identity, run_id(identity))
+
+
+def task_needs(task: Task, options: TaskOptions) -> list[str]:
+    """The task's own check of what it needs on this machine (suite.registry.CHECKS), asked about the
+    data directory the run will read (the default one when none is given)."""
+    if task.name not in CHECKS:
+        return []
+    if task.needs_data_dir and options.data_dir is None:
+        options = dataclasses.replace(options, data_dir=default_data_dir())
+    return [str(p) for p in CHECKS.get(task.name)(options)]
 
 
 def _plan_corruptions(task: Task, spec: str) -> list[tuple[str, int]]:
@@ -211,14 +246,14 @@ def build_data(plan_task: Task, options: TaskOptions):
 
 def prepare_data(plan: RunPlan):
     """The task's data, with the training subset applied and the evaluation subset checked."""
+    if plan.corruptions:  # the files are checked (headers only) before anything trains or is decoded
+        from suite.data.corruptions import check_folder
+        check_folder(corruption_folder(plan, plan.options), plan.corruptions, plan.task.corruption_data)
     data, options = build_data(plan.task, plan.options)
     cfg = plan.cfg
     if cfg.train_examples:
         idx = subsets.select(data.train, cfg.train_examples, cfg.train_subset, cfg.subset_seed)
         data.train = subsets.subset(data.train, idx)
-    if plan.corruptions:  # the files are checked before anything trains
-        from suite.data.corruptions import check_folder
-        check_folder(corruption_folder(plan, options), plan.corruptions, plan.task.corruption_data)
     # the evaluation subsets are chosen now, so a setting that cannot work fails before training
     sizes = [cfg.eval_examples] + [spec.n for spec in plan.attacks if spec.n]
     if any(0 < k < len(data.test) for k in sizes):
@@ -231,6 +266,8 @@ def prepare_data(plan: RunPlan):
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     # process peak resident set size (Linux reports KiB)
@@ -245,28 +282,52 @@ class RunLock:
     A lock file beside the records (`records/<task>/.locks/<run_id>.lock`), locked with flock, so
     every process that shares the record store (overlapping sweeps, shards of one grid on several
     machines with a shared file system) agrees. The lock goes away with the process that holds it,
-    even after kill -9. `acquire(wait=False)` returns False when another process holds it."""
+    even after kill -9. `acquire(wait=False)` returns False when another process holds it.
+
+    The holder may remove the file (`release(remove=True)`: a run refused after it began leaves no
+    lock behind): a process that locked the removed file sees that the path no longer names it and
+    locks the new one, so two processes never both hold a run."""
 
     def __init__(self, store: RecordStore, task: str, rid: str):
         self.path = store.root / "records" / task / ".locks" / f"{rid}.lock"
         self.fd: int | None = None
+        self.created = False  # this process created the file
 
     def acquire(self, wait: bool = True) -> bool:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.fd = fd
-        return True
+        from suite.files import FULL, disk_full, make_dirs
 
-    def release(self) -> None:
+        while True:
+            make_dirs(self.path.parent)
+            existed = self.path.exists()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its folder was just removed by a holder that took back its lock
+                continue
+            except OSError as e:
+                if e.errno in FULL:
+                    raise disk_full(self.path.parent, self.path.name) from None
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd, self.created = fd, not existed
+                return True
+            os.close(fd)  # the holder removed this file meanwhile: lock the one at the path now
+
+    def release(self, remove: bool = False) -> None:
         if self.fd is not None:
             import fcntl
+            if remove:
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -292,65 +353,201 @@ def execute(
     progress: bool = True,
     log: Callable[[str], None] = print,
     lock: RunLock | None = None,
+    data: tuple | None = None,
 ) -> dict:
-    """Train, evaluate and record one run; returns the record. Skips a run already recorded.
+    """Train, evaluate and record one run; returns the record. Skips a run already recorded (from
+    the same data).
 
-    Holds the run's lock while it works (waiting for another process that holds it); `lock` passes
-    one the caller already holds."""
+    Everything that can refuse the run is decided before anything is created or overwritten
+    (`check_run`); a run refused after it began (a full disk) takes back the lock and the empty
+    folders it created. Holds the run's lock while it works (waiting for another process that holds
+    it); `lock` passes one the caller already holds. `data`: `prepare_data(plan)`'s result, when the
+    caller has it already (a sweep reads its data once)."""
+    from suite import distributed as D
+    from suite.files import Created
+
     check_writable_dir(store.root, "--out")
     check_writable_dir(work_dir, "--work-dir")
+    work_dir = Path(work_dir)
     if D.active():
         return _execute_ranks(plan, store, work_dir=work_dir, device=device, force=force, progress=progress,
-                              log=log)
+                              log=log, data=data)
+    data = prepare_data(plan) if data is None else data  # read and checked before anything else
+    recorded = check_run(plan, store, work_dir, device, data[0].fingerprint, force)
     path = store.path(plan.task.name, plan.run_id)
-    if store.exists(plan.task.name, plan.run_id) and not force:
+    if recorded is not None:
+        touch_run(plan, store, work_dir, log)  # temporaries a dead writer left beside it go
         log(f"already recorded: {path} (use --force to run again)")
-        return store.read(path)
+        return recorded
+    created = Created([store.root / "records" / plan.task.name / ".locks", work_dir / plan.run_id])
     own = lock is None
     if own:
         lock = RunLock(store, plan.task.name, plan.run_id)
-        if not lock.acquire(wait=False):
+    try:
+        if own and not lock.acquire(wait=False):
             log(f"run {plan.run_id} is being run by another process; waiting for it")
             lock.acquire(wait=True)
-    try:
-        if store.exists(plan.task.name, plan.run_id) and not force:  # the other process finished it
+        touch_run(plan, store, work_dir, log)
+        recorded = None if force else recorded_run(plan, store, data[0].fingerprint)
+        if recorded is not None:  # the other process finished it (or a dead writer's record was adopted)
             log(f"already recorded: {path}")
-            return store.read(path)
-        return _execute_locked(plan, store, work_dir=Path(work_dir), device=device, force=force,
-                               progress=progress, log=log)
+            return recorded
+        return _execute_locked(plan, store, work_dir=work_dir, device=device, force=force,
+                               progress=progress, log=log, data=data)
+    except UserError:
+        lock.release(remove=lock.created)  # refused after it began (a full disk): leave no trace
+        created.undo()
+        raise
     finally:
         if own:
             lock.release()
 
 
-def _execute_ranks(plan, store, *, work_dir, device, force, progress, log) -> dict:
-    """One run trained by every process of a torchrun job: rank 0 holds the run's lock and decides
-    whether it is recorded already; every rank trains and evaluates its share (suite.distributed);
-    rank 0 alone logs and writes."""
-    path = store.path(plan.task.name, plan.run_id)
-    lock, recorded = None, None
-    if D.is_main():
-        if force or not store.exists(plan.task.name, plan.run_id):
-            lock = RunLock(store, plan.task.name, plan.run_id)
-            if not lock.acquire(wait=False):
-                log(f"run {plan.run_id} is being run by another process; waiting for it")
-                lock.acquire(wait=True)
-        recorded = store.exists(plan.task.name, plan.run_id) and not force
-    recorded = D.broadcast_object(recorded)
+def recorded_run(plan: RunPlan, store: RecordStore, data_fingerprint: str, rid: str | None = None) -> dict | None:
+    """The complete record of this run in `store`, if there is one; a record made from other data
+    (its data fingerprint differs; records without one are taken as they are) is refused in one line,
+    never reported as this run's."""
+    rid = rid or plan.run_id
+    if not store.exists(plan.task.name, rid):
+        return None
+    path = store.path(plan.task.name, rid)
+    rec = store.read(path)
+    theirs = rec["provenance"].get("data_fingerprint")
+    if theirs and data_fingerprint and theirs != data_fingerprint:
+        raise UserError(f"run {rid} is recorded in {path} from other data (data fingerprint {theirs}, this data "
+                        f"{data_fingerprint}); pass --force to run it again on this data (replacing that record), "
+                        "or another --out")
+    return rec
+
+
+def check_run(plan: RunPlan, store: RecordStore, work_dir: Path, device, data_fingerprint: str,
+              force: bool) -> dict | None:
+    """Before anything is created or overwritten: the run's record if it is recorded already (from
+    this data), else None once every check passed: free space in --out and --work-dir, settings that
+    need a device (sync_bn), and a checkpoint or evaluation state to resume from that is readable, of
+    this run and of this data (with --force they are not resumed, so not checked)."""
+    from suite.files import check_free_space
+
+    check_free_space(store.root, "--out")
+    check_free_space(work_dir, "--work-dir")
+    if plan.cfg.sync_bn:
+        from suite.train import check_sync_bn
+        check_sync_bn(device)
+    if force:
+        return None
+    recorded = recorded_run(plan, store, data_fingerprint)
+    if recorded is not None:
+        return recorded
+    run_dir = Path(work_dir) / plan.run_id
+    if (run_dir / "checkpoint.pt").exists():
+        from suite.train import read_resume_checkpoint
+        read_resume_checkpoint(run_dir / "checkpoint.pt", plan.run_id, data_fingerprint, mmap=True)
+    check_eval_state(run_dir / "eval_state.pt", data_fingerprint)
+    return None
+
+
+def data_key(plan: RunPlan) -> tuple:
+    """What `prepare_data(plan)` depends on: runs with the same key read the same data."""
+    return (plan.task.name, plan.options, plan.cfg, tuple(plan.corruptions),
+            tuple(spec.n for spec in plan.attacks))
+
+
+def check_sweep(plans: list[RunPlan], store: RecordStore, work_dir: Path, device, force: bool) -> dict:
+    """A sweep's checks, before any run starts or anything is created: the data are read (and
+    checked) once per `data_key`, and every run passes `check_run` (a run recorded from other data, a
+    damaged checkpoint, ... refuse the sweep in one line). Returns {data_key: prepared data}, for
+    `execute(..., data=...)`."""
+    shared: dict = {}
+    for p in plans:
+        key = data_key(p)
+        if key not in shared:
+            shared[key] = prepare_data(p)
+        check_run(p, store, work_dir, device, shared[key][0].fingerprint, force)
+    return shared
+
+
+def check_eval_state(path: Path, data_fingerprint: str) -> None:
+    """An evaluation state made from other data is refused in one line (an unreadable one is simply
+    recomputed by the evaluation)."""
+    if not path.exists() or not data_fingerprint:
+        return
+    import torch
     try:
-        if recorded:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001  (recomputed from scratch by evaluate, never trusted)
+        return
+    theirs = state.get("data_fingerprint") if isinstance(state, dict) else None
+    if theirs and theirs != data_fingerprint:
+        raise UserError(f"evaluation state {path} was computed on other data (data fingerprint {theirs}, this data "
+                        f"{data_fingerprint}), so it is not resumed; pass --force to evaluate from scratch on this "
+                        f"data, or another --work-dir")
+
+
+def touch_run(plan: RunPlan, store: RecordStore, work_dir: Path, log: Callable[[str], None]) -> None:
+    """When a run is touched (its lock held): temporaries of writers that died are removed from its
+    folder, a complete record that a dead writer never renamed becomes the record, and a record that
+    does not validate is kept aside (renamed), each said in one line."""
+    from suite.files import remove_stale_temporaries
+
+    for note in store.tidy(plan.task.name, plan.run_id):
+        log(f"note: {note}")
+    for p in remove_stale_temporaries(Path(work_dir) / plan.run_id):
+        log(f"note: removed {p}, a temporary file left by a writer that died")
+
+
+def _execute_ranks(plan, store, *, work_dir, device, force, progress, log, data=None) -> dict:
+    """One run trained by every process of a torchrun job: every rank reads (and checks) the data;
+    rank 0 runs the checks of `check_run`, holds the run's lock and decides whether it is recorded
+    already; every rank trains and evaluates its share (suite.distributed); rank 0 alone logs and
+    writes."""
+    from suite import distributed as D
+    from suite.files import Created
+
+    data = prepare_data(plan) if data is None else data
+    path = store.path(plan.task.name, plan.run_id)
+    lock, recorded, error, created = None, None, None, None
+    if D.is_main():
+        try:
+            recorded = check_run(plan, store, work_dir, device, data[0].fingerprint, force)
+            if recorded is None:
+                created = Created([store.root / "records" / plan.task.name / ".locks", work_dir / plan.run_id])
+                lock = RunLock(store, plan.task.name, plan.run_id)
+                if not lock.acquire(wait=False):
+                    log(f"run {plan.run_id} is being run by another process; waiting for it")
+                    lock.acquire(wait=True)
+                touch_run(plan, store, work_dir, log)
+                recorded = None if force else recorded_run(plan, store, data[0].fingerprint)
+        except UserError as e:
+            error = str(e)
+    recorded, error = D.broadcast_object((recorded, error))
+    try:
+        if error is not None:
+            raise UserError(error)
+        if recorded is not None:
             if D.is_main():
                 log(f"already recorded: {path} (use --force to run again)")
-            return D.broadcast_object(store.read(path) if D.is_main() else None)
+            return recorded
         quiet = log if D.is_main() else (lambda *args, **kwargs: None)
         return _execute_locked(plan, store, work_dir=Path(work_dir), device=device, force=force,
-                               progress=progress and D.is_main(), log=quiet)
+                               progress=progress and D.is_main(), log=quiet, data=data)
+    except UserError:
+        if lock is not None:
+            lock.release(remove=lock.created)
+        if created is not None:
+            created.undo()
+        raise
     finally:
         if lock is not None:
             lock.release()
 
 
-def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> dict:
+def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data) -> dict:
+    import torch
+
+    from suite import distributed as D
+    from suite.evaluate import evaluate
+    from suite.train import atomic_save, train
+
     path = store.path(plan.task.name, plan.run_id)
     run_dir = work_dir / plan.run_id
     cfg = plan.cfg
@@ -371,7 +568,7 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        data, options = prepare_data(plan)
+        data, options = data  # prepare_data(plan), read and checked before the run began
         torch.manual_seed(plan.seed)  # model initialisation is part of the seeded run
         model = plan.task.build_model(options)
         notes = list(getattr(model, "suite_notes", []) or [])
@@ -382,19 +579,26 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log) -> d
             (run_dir / "eval_state.pt").unlink(missing_ok=True)
         log(f"run {plan.run_id}: task {plan.task.name}, {plan.method.label()}, seed {plan.seed}, "
             f"{cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'} on {len(data.train)} examples, {device}")
+        if plan.analyses:
+            log(analyses_cost(plan, len(data.train)))
+        bars, lines = progress_mode(progress)
         result = train(model, plan.method, plan.adapter, data, cfg, seed=plan.seed, device=device,
-                       checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=progress, log=log)
+                       checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=bars, log=log,
+                       on_epoch_end=epoch_line(plan, log) if lines else None)
         if D.is_main():  # under torchrun, rank 0 writes every file
             atomic_save(model.state_dict(), run_dir / "model.pt")
+        if lines:  # a log has no attack progress bars: say what the next stretch is
+            log(f"evaluation: clean and {len(plan.attacks)} attack{'' if len(plan.attacks) == 1 else 's'} "
+                f"on {cfg.eval_examples or 'all'} test examples ...")
         metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size,
                            device=device, collate=data.collate, state_path=run_dir / "eval_state.pt",
                            seed=plan.seed, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
-                           subset_seed=cfg.subset_seed, progress=progress)
+                           subset_seed=cfg.subset_seed, progress=bars, data_fingerprint=data.fingerprint)
         if plan.corruptions:
             metrics["corruptions"] = run_corruptions(plan, model, options, device)
             metrics["corruption_mean"] = metrics["corruptions"]["mean"]
         if plan.analyses:
-            metrics["analysis"] = run_analyses(plan, model, data, device, log)
+            metrics["analysis"] = run_analyses(plan, model, data, device, log, progress=progress)
         record["metrics"] = metrics
         record["history"] = result.history
         if notes:
@@ -434,16 +638,86 @@ def run_corruptions(plan: RunPlan, model, options, device) -> dict:
                                 subset_seed=cfg.subset_seed)
 
 
-def run_analyses(plan: RunPlan, model, data, device, log) -> list[dict]:
+def run_analyses(plan: RunPlan, model, data, device, log, progress: bool = False) -> list[dict]:
     out = []
+    bars, lines = progress_mode(progress)
     for spec in plan.analyses:
         analysis = build_analysis(spec, plan.adapter)
         t0 = time.perf_counter()
         log(f"analysis {analysis.label()} ...")
-        res = dict(analysis.run(model, data.train, collate=data.collate, device=device, seed=plan.seed))
-        out.append({"name": spec[0], "label": analysis.label(), "params": dict(analysis.p),
-                    **res, "time_s": time.perf_counter() - t0})
+        show = _Progress(f"analysis {analysis.label()}", bars, lines, log)
+        analysis.on_progress = show.update
+        try:
+            res = dict(analysis.run(model, data.train, collate=data.collate, device=device, seed=plan.seed))
+        finally:
+            show.close()
+        dt = time.perf_counter() - t0
+        out.append({"name": spec[0], "label": analysis.label(), "params": dict(analysis.p), **res, "time_s": dt})
+        if progress:
+            log(f"analysis {analysis.label()}: {res['value']:.4g} ({dt:.0f} s)")
     return out
+
+
+def progress_mode(progress: bool) -> tuple[bool, bool]:
+    """(bars, lines): progress bars on a terminal; where stderr is a file or a pipe (a log, a batch
+    job), a line per epoch and per minute of analysis instead, since a bar's redraws flood a log."""
+    import sys
+
+    bars = bool(progress) and sys.stderr.isatty()
+    return bars, bool(progress) and not bars
+
+
+def epoch_line(plan: RunPlan, log: Callable[[str], None]) -> Callable[[int, dict], None]:
+    """The trainer's end-of-epoch callback that logs one line, for logs without progress bars."""
+    import math
+
+    def line(epoch: int, entry: dict) -> None:
+        acc = entry.get("train_acc", float("nan"))
+        acc_text = f", train accuracy {100 * acc:.1f}%" if math.isfinite(acc) else ""
+        log(f"epoch {epoch}/{plan.cfg.epochs} {plan.method.name}: loss {entry['loss']:.4f}{acc_text}, "
+            f"{entry['time_s']:.1f} s")
+    return line
+
+
+class _Progress:
+    """An analysis's progress: a bar on a terminal, else a line at most once a minute."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, desc: str, bars: bool, lines: bool, log: Callable[[str], None]):
+        self.desc, self.bars, self.lines, self.log = desc, bars, lines, log
+        self.bar = None
+        self.t0 = self.shown = time.perf_counter()
+
+    def update(self, done: int, total: int) -> None:
+        if self.bars:
+            if self.bar is None:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=total, desc=self.desc, leave=False, dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
+        elif self.lines and time.perf_counter() - self.shown >= self.EVERY_S and done < total:
+            self.shown = time.perf_counter()
+            self.log(f"{self.desc}: {done}/{total} done, {self.shown - self.t0:.0f} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def analyses_cost(plan: RunPlan, n_train: int) -> str:
+    """One line said at the start of a run: what the analyses after evaluation will cost against
+    the training (in forward-backward passes of one example), and how to skip or shrink them."""
+    built = [build_analysis(spec, plan.adapter) for spec in plan.analyses]
+    names = ", ".join(a.label() for a in built)
+    costs = [a.example_passes(n_train) for a in built]
+    training = plan.cfg.epochs * n_train * plan.method.cost()
+    how = ("`--analyses` with nothing after it skips them; e.g. `--analyses sharpness:examples=64` runs a "
+           "smaller one")
+    if any(c is None for c in costs) or training <= 0:
+        return f"after evaluation, analyses: {names} ({how})"
+    total = sum(costs)
+    return (f"after evaluation, analyses: {names}: about {total:,.0f} example forward-backward passes, "
+            f"{total / training:.2g}x the training's {training:,.0f} ({how})")
 
 
 class RunFailed(Exception):
@@ -451,6 +725,8 @@ class RunFailed(Exception):
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
@@ -510,6 +786,9 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
     With a store, the result is recorded as a run of the pseudo-method `checkpoint` whose identity is
     the file's sha256 (plus the task, its version and the evaluation), so it appears in the task's
     leaderboard beside trained rows and is skipped when recorded already."""
+    from suite import distributed as D
+    from suite.evaluate import evaluate
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint}: no such file")
@@ -527,22 +806,38 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
             identity[key] = plan.identity[key]
     rid = run_id(identity)
     path = store.path(plan.task.name, rid) if store is not None else None
-    if store is not None and store.exists(plan.task.name, rid) and not force:
+    data, options = prepare_data(plan)  # read and checked first: a record of other data is not this one
+    from suite.files import Created, check_free_space
+    if store is not None:
+        check_free_space(store.root, "--out")
+    check_free_space(work_dir, "--work-dir")
+    recorded = recorded_run(plan, store, data.fingerprint, rid) if store is not None and not force else None
+    if recorded is not None:
         log(f"already recorded: {path} (use --force to evaluate again)")
-        return store.read(path)
-    data, options = prepare_data(plan)
+        return recorded
+    state_path = Path(work_dir) / f"eval-{rid}" / "eval_state.pt"
+    if not force:
+        check_eval_state(state_path, data.fingerprint)
     model = plan.task.build_model(options)
     load_model_weights(model, checkpoint)
+    if force and D.is_main():
+        state_path.unlink(missing_ok=True)  # --force: evaluated from scratch
+    created = Created([state_path.parent] + ([store.root / "records" / plan.task.name / ".locks"] if store else []))
     t0 = time.perf_counter()
-    metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size, device=device,
-                       collate=data.collate, state_path=work_dir / f"eval-{rid}" / "eval_state.pt", seed=plan.seed,
-                       n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset, subset_seed=cfg.subset_seed,
-                       progress=progress)
+    try:
+        metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size,
+                           device=device, collate=data.collate, state_path=state_path, seed=plan.seed,
+                           n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
+                           subset_seed=cfg.subset_seed, progress=progress_mode(progress)[0],
+                           data_fingerprint=data.fingerprint)
+    except UserError:
+        created.undo()
+        raise
     if plan.corruptions:
         metrics["corruptions"] = run_corruptions(plan, model, options, device)
         metrics["corruption_mean"] = metrics["corruptions"]["mean"]
     if plan.analyses:
-        metrics["analysis"] = run_analyses(plan, model, data, device, log)
+        metrics["analysis"] = run_analyses(plan, model, data, device, log, progress=progress)
     record = {
         "schema": SCHEMA_VERSION, "run_id": rid, "status": "complete", "error": None,
         "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
@@ -559,7 +854,15 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
         "provenance": provenance(data.fingerprint),
     }
     if store is not None and D.is_main():
-        with RunLock(store, plan.task.name, rid):
+        lock = RunLock(store, plan.task.name, rid)
+        lock.acquire(wait=True)
+        try:
             store.write(record)
+        except UserError:  # a full --out: no lock or empty folder left behind
+            lock.release(remove=lock.created)
+            created.undo()
+            raise
+        finally:
+            lock.release()
         log(f"recorded {path}")
     return record

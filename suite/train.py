@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,7 +40,8 @@ from torch.utils.data import DataLoader
 
 from suite import distributed as D
 from suite.config import DataBundle, TrainConfig
-from suite.errors import UserError
+from suite.errors import UserError, one_line
+from suite.files import atomic_write
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
 
@@ -128,45 +127,54 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def tmp_path(path: Path) -> Path:
-    """A temporary name beside `path`, unique per process and call: two processes writing the same
-    file never share a temporary (the rename that follows is atomic, and the last one wins)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: an interrupt never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to a temporary file, then rename: an interrupt never leaves half a file, and a full
+    disk is one line naming the folder (suite.files)."""
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: Path, *, resuming: bool = False) -> dict:
+def load_checkpoint(path: Path, *, resuming: bool = False, mmap: bool = False) -> dict:
+    """`mmap`: map the tensors rather than read them where the file allows it (a cheap look)."""
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # noqa: BLE001, S110  (read it plainly: that names what is wrong with it, if any)
+            pass
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file is bad input, reported in one line
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = one_line(e)
         hint = (f"; delete it (rm {path}) or pass --force to train this run from scratch" if resuming else "")
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}{hint}") from None
 
 
-def _resume_state(checkpoint: Path | None, run_id: str) -> dict | None:
+def read_resume_checkpoint(checkpoint: Path, run_id: str, data_fingerprint: str = "", *,
+                           mmap: bool = False) -> dict:
+    """A training checkpoint this run may resume from: readable, of this run, and made from the same
+    data (a checkpoint that predates data fingerprints is taken as it is); else one line saying why.
+    `mmap`: map the tensors instead of reading them (a cheap check before anything runs)."""
+    state = load_checkpoint(checkpoint, resuming=True, mmap=mmap)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise UserError(f"checkpoint {checkpoint} is not a suite training checkpoint; delete it "
+                        f"(rm {checkpoint}) or pass --force to train this run from scratch")
+    if state.get("run_id") != run_id:
+        raise UserError(f"checkpoint {checkpoint} belongs to run {state.get('run_id')!r}, not "
+                        f"{run_id!r}; move it away or pass another --work-dir")
+    theirs = state.get("data_fingerprint")
+    if theirs and data_fingerprint and theirs != data_fingerprint:
+        raise UserError(f"checkpoint {checkpoint} was trained on other data (data fingerprint {theirs}, "
+                        f"this data {data_fingerprint}), so it is not resumed; pass --force to train "
+                        "this run from scratch on this data, or another --work-dir")
+    return state
+
+
+def _resume_state(checkpoint: Path | None, run_id: str, data_fingerprint: str = "") -> dict | None:
     """The checkpoint to resume from, read and checked by rank 0 and handed to every rank (so a
     node without the file system of rank 0 resumes too); None to start from scratch."""
     state, error = None, None
     if D.is_main() and checkpoint is not None and checkpoint.exists():
         try:
-            state = load_checkpoint(checkpoint, resuming=True)
-            if not isinstance(state, dict) or "epoch" not in state:
-                raise UserError(f"checkpoint {checkpoint} is not a suite training checkpoint; delete it "
-                                f"(rm {checkpoint}) or pass --force to train this run from scratch")
-            if state.get("run_id") != run_id:
-                raise UserError(f"checkpoint {checkpoint} belongs to run {state.get('run_id')!r}, not "
-                                f"{run_id!r}; move it away or pass another --work-dir")
+            state = read_resume_checkpoint(checkpoint, run_id, data_fingerprint)
         except UserError as e:
             state, error = None, str(e)
     state, error = D.broadcast_object((state, error))
@@ -212,15 +220,22 @@ def train_batches(dataset, cfg: TrainConfig, generator: torch.Generator, collate
                       prefetch_factor=4 if workers else None)
 
 
+def check_sync_bn(device: torch.device) -> None:
+    """sync_bn=true is refused off CUDA (also with one process), before anything runs."""
+    if device.type != "cuda":
+        raise UserError(f"sync_bn=true needs CUDA (PyTorch's SyncBatchNorm synchronises on GPUs only) and this "
+                        f"run is on {device.type}; drop --set sync_bn=true (each process then normalises with "
+                        "its own share of the batch)")
+
+
 def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """Memory format and BatchNorm kind, in place, before the optimizer sees the parameters."""
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # conv outputs follow their weights' format
+    if cfg.sync_bn:
+        check_sync_bn(device)
     if cfg.sync_bn and D.active():
-        if device.type != "cuda":
-            raise UserError("sync_bn=true needs CUDA: PyTorch's SyncBatchNorm synchronises on GPUs only; "
-                            "drop it (each process then normalises with its own share of the batch)")
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if converted is not model:
             raise UserError("sync_bn=true: the model is a single BatchNorm layer; nothing to synchronise")
@@ -270,6 +285,9 @@ def train(
     world, rank = D.world_size(), D.rank()
     seed_everything(seed)
     model = _prepare_model(model, cfg, device)
+    if cfg.sync_bn and not D.active() and log is not None:
+        log("note: sync_bn=true with one process: there is nothing to synchronise, so BatchNorm stays as it is "
+            "(SyncBatchNorm takes effect under torchrun)")
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -284,7 +302,7 @@ def train(
         step_model = D.wrap(step_model, device)  # broadcasts rank 0's initial weights
 
     start_epoch = 0
-    state = _resume_state(checkpoint, run_id)
+    state = _resume_state(checkpoint, run_id, data.fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -380,6 +398,7 @@ def train(
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rngs[0], "rng_ranks": rngs, "world_size": world,
                     "history": result.history, "train_time_s": result.train_time_s,
+                    "data_fingerprint": data.fingerprint,
                 }, checkpoint)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)

@@ -131,7 +131,7 @@ def reported(table, name: str) -> tuple[ReportedRow, ...]:
 # --- data ---------------------------------------------------------------------------------------------
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(msg, file=sys.stdout, flush=True)  # progress, not an error: stderr holds only the one error line
 
 
 def cifar_data(kind: str, options: TaskOptions) -> DataBundle:

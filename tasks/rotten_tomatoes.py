@@ -48,7 +48,7 @@ from suite.config import DataBundle, Task, TaskOptions, TrainConfig
 from suite.errors import UserError
 from suite.hub import hf_offline as _hf_offline
 from suite.hub import hub_reachable as _hub_reachable
-from suite.registry import TASKS
+from suite.registry import CHECKS, TASKS
 
 DEFAULT_MODEL = "distilbert-base-uncased"
 MAX_LENGTH = 128
@@ -159,9 +159,55 @@ def load_splits(data_dir: Path | None) -> tuple[dict, str]:
     splits = _load_hf_dataset()
     if splits is not None:
         return splits, f"huggingface:{HF_DATASET}"
-    where = Path(data_dir).expanduser() / "rotten_tomatoes" if data_dir is not None else Path("<data-dir>/rotten_tomatoes")
-    raise UserError(f"text_rt needs {FILES[0]} and {FILES[1]} (sentence polarity dataset v1.0) in {where}, "
-                    f"or the Hugging Face dataset {HF_DATASET} cached or reachable; pass --data-dir")
+    raise UserError(_missing_data(data_dir))
+
+
+def _missing_data(data_dir: Path | None) -> str:
+    where = Path(data_dir).expanduser() if data_dir is not None else Path("<data-dir>")
+    where = where / "rotten_tomatoes"
+    return (f"text_rt needs {FILES[0]} and {FILES[1]} (sentence polarity dataset v1.0) in {where}, "
+            f"or the Hugging Face dataset {HF_DATASET} cached or reachable; pass --data-dir")
+
+
+def _hf_cached(kind: str, repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds something of this model or dataset (its files are
+    checked when they are loaded; this only tells "nothing here" from "something to try")."""
+    import os
+
+    try:
+        from huggingface_hub import constants
+        hub, home = Path(constants.HF_HUB_CACHE), Path(constants.HF_HOME)
+    except ImportError:
+        return False
+    folders = [hub / f"{kind}s--{repo_id.replace('/', '--')}"]
+    if kind == "dataset":
+        folders.append(Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets") / repo_id.replace("/", "___"))
+    return any(f.is_dir() and any(f.iterdir()) for f in folders)
+
+
+def check_needs(options: TaskOptions) -> list[str]:
+    """What a run lacks on this machine, found in a fraction of a second (no torch, no transformers):
+    the data (the rt-polarity files under the data directory, else the Hugging Face dataset cached or
+    the hub reachable) and the model (a local directory, else the Hugging Face cache or the hub).
+    NLTK's stopwords, which the default DeepWordBug needs, are that attack's own check; the runner
+    reports all of them in one line."""
+    reachable = None
+
+    def online() -> bool:
+        nonlocal reachable
+        if reachable is None:
+            reachable = not _hf_offline() and _hub_reachable()
+        return reachable
+
+    problems = []
+    if find_rt_folder(options.data_dir) is None:
+        hf_ok = importlib.util.find_spec("datasets") is not None and (_hf_cached("dataset", HF_DATASET) or online())
+        if not hf_ok:
+            problems.append(_missing_data(options.data_dir))
+    model_id = options.model or DEFAULT_MODEL
+    if not Path(model_id).expanduser().exists() and not _hf_cached("model", model_id) and not online():
+        problems.append(_how_to_point_model(model_id))
+    return problems
 
 
 def fingerprint(splits: dict) -> str:
@@ -306,3 +352,4 @@ TASKS.register("text_rt", Task(
     default_model=DEFAULT_MODEL,
     needs_data_dir=True,
 ))
+CHECKS.register("text_rt", check_needs)

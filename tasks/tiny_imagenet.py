@@ -31,7 +31,7 @@ def build_data(options: TaskOptions) -> DataBundle:
 
     if options.data_dir is None:
         raise UserError("tinyimagenet_prn18 needs a data directory: pass --data-dir (or set SUITE_DATA_DIR)")
-    s = load_tiny_imagenet(options.data_dir, ("train", "val"), log=lambda m: print(m, file=sys.stderr, flush=True))
+    s = load_tiny_imagenet(options.data_dir, ("train", "val"), log=lambda m: print(m, file=sys.stdout, flush=True))
     return DataBundle(
         train=as_tensor_dataset(*s.splits["train"]),
         test=as_tensor_dataset(*s.splits["val"]),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,55 @@ def test_pgd_breaks_a_trained_model_and_beats_fgsm(digits):
     # of the 359 test images
     assert pgd_acc <= fgsm_acc + 1.0
     assert m["worst_case"] <= min(fgsm_acc, pgd_acc)
+
+
+def reference_pgd_linf(model, x, y, eps, alpha, steps, random_start, gen):
+    """PGD-Linf exactly as torchattacks' PGD writes it (random start uniform in [-eps, eps] per pixel,
+    then the [0, 1] box; signed steps of the mean cross-entropy's gradient; projection onto the ball,
+    then the box). Written here so the test shares no code with the suite."""
+    adv = x.clone().detach()
+    if random_start:
+        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps, generator=gen)).clamp(0, 1).detach()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = F.cross_entropy(model(adv), y)
+        (g,) = torch.autograd.grad(loss, adv)
+        adv = adv.detach() + alpha * g.sign()
+        delta = (adv - x).clamp(-eps, eps)
+        adv = (x + delta).clamp(0, 1).detach()
+    return adv
+
+
+def test_linf_pgd_equals_the_reference_and_is_never_weaker(digits):
+    """The linf counterpart of tests/test_fidelity.py's l2 check, on the same footing: an independent
+    implementation of the common practice, the suite's PGD no weaker than it."""
+    model, test = digits
+    x, y = test.tensors
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    eps, steps = 0.1, 10
+
+    def robust(adv):
+        with torch.no_grad():
+            return (model(adv).argmax(1) == y).float().mean().item()
+
+    # without a random start both are one deterministic algorithm: the same adversarial images
+    fixed = AttackSpec.parse(f"pgd:norm=linf,eps={eps},steps={steps},random_start=false").build(IMAGE)
+    ours = fixed.run(model, (x, y)).adversarial
+    ref = reference_pgd_linf(model, x, y, eps, eps / 4, steps, False, None)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)  # float32 rounding of x + delta
+    # with random starts (other random numbers): equal up to sampling noise (1 point of ~350 examples)
+    ours, theirs = [], []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        adv = AttackSpec.parse(f"pgd:norm=linf,eps={eps},steps={steps}").build(IMAGE).run(model, (x, y)).adversarial
+        assert (adv - x).abs().max() <= eps + 1e-6 and 0 <= adv.min() and adv.max() <= 1
+        ours.append(robust(adv))
+        theirs.append(robust(reference_pgd_linf(model, x, y, eps, eps / 4, steps, True,
+                                                torch.Generator().manual_seed(seed))))
+    assert 0.05 < np.mean(theirs) < 0.95  # the budget is neither trivial nor overwhelming here
+    assert np.mean(ours) <= np.mean(theirs) + 0.01, (ours, theirs)
 
 
 def test_worst_case_is_the_per_example_and(digits):

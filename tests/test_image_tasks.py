@@ -191,7 +191,7 @@ def test_image_folder_reads_like_torchvision_imagefolder(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     root = tmp_path / "f"
     write_folder(root, ["b", "a", "c"], per_class=3)
-    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "a" / ".DS_Store").write_text("not an image")  # hidden: skipped, as ImageFolder does
     s = images.read_image_folder(root, ("train",), cache=False)
     ref = torchvision.datasets.ImageFolder(root / "train")
     assert list(s.classes) == ref.classes

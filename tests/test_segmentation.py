@@ -29,6 +29,12 @@ CAMVID = SHARED / "data" / "camvid"
 IGN = IGNORE_INDEX
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """The readers' caches (VOC's record of checked pairs) go to this test's folder, never the user's."""
+    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def one_hot_logits(pred: torch.Tensor, k: int) -> torch.Tensor:
     return F.one_hot(pred, k).permute(0, 3, 1, 2).float() * 5.0
 

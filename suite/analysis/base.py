@@ -10,10 +10,15 @@ loss); an analysis chooses its own fixed, seeded subset of it (`suite.subsets.se
 dict with at least {"value": float} (the leaderboard cell) and may add more numbers; the runner adds
 the time it took. It must be deterministic given `seed` and must leave the model exactly as it found
 it (weights, buffers, mode).
+
+Two optional courtesies: `example_passes(n_train)` estimates the analysis's compute in forward-backward
+passes over single examples (the runner compares it with the training's at the start of a run and
+says what the analyses will cost), and a long analysis calls `self.advance(done, total)` as it goes
+(the runner shows it as progress).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from suite.params import Param, resolve_params
 
@@ -27,6 +32,17 @@ class Analysis:
     def __init__(self, adapter: Any, **params: Any):
         self.adapter = adapter
         self.p = resolve_params(f"analysis {self.name}", self.params, params)
+        self.on_progress: Callable[[int, int], None] | None = None  # set by the runner
+
+    def advance(self, done: int, total: int) -> None:
+        """Report progress (done of total units of work: batches, iterations)."""
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+
+    def example_passes(self, n_train: int) -> float | None:
+        """Estimated compute on a training split of n_train examples, in forward-backward passes of
+        one example (a forward alone counts 1/3); None when unknown."""
+        return None
 
     def label(self) -> str:
         """Column header, e.g. 'sharpness rho=0.05'."""

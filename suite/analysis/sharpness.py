@@ -137,18 +137,25 @@ class _WorstCaseSharpness(Analysis):
         with torch.enable_grad(), preserved_model(model) as kept:
             params, weights = kept.params, kept.weights
             scale = self.transform(weights)
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 base, worst, cost = self._batch_max(model, batch, params, weights, scale, gen)
                 k = self.adapter.batch_size(batch)
                 total += k
                 base_sum += base * k
                 worst_sum += worst * k
                 passes += cost
+                self.advance(i + 1, len(batches))
         return {"value": (worst_sum - base_sum) / total, "base_loss": base_sum / total,
                 "worst_loss": worst_sum / total, "examples": total, "batches": len(batches), "passes": passes}
 
     def _loss(self, model, batch):
         return self.adapter.loss(self.adapter.forward(model, batch), batch)
+
+    def example_passes(self, n_train: int) -> float:
+        # per example: `steps` forward-backward passes, a forward at the last iterate, and one at w
+        # when the ascent starts from a random point (see "Cost" above)
+        per = self.p["steps"] + 1 / 3 + (1 / 3 if self.p["random_init"] else 0)
+        return min(self.p["examples"], n_train) * per
 
     def _batch_max(self, model, batch, params, weights, scale, gen):
         """(L_B(w), max over the iterates and w of L_B(w + T u), passes) for one batch."""
@@ -241,6 +248,11 @@ class AdaptiveSharpness(_WorstCaseSharpness):
         return f"adaptive sharpness rho={fmt_value(self.p['rho'])}"
 
 
+# A Hessian-vector product (forward, backward keeping its graph, backward through it) in forward-backward
+# passes: 5-6 measured on the digits CNN on a CPU (see "Cost" above).
+HVP_PASSES = 6
+
+
 @ANALYSES.register("hessian")
 class HessianTopEigenvalue(Analysis):
     name = "hessian"
@@ -283,8 +295,14 @@ class HessianTopEigenvalue(Analysis):
                     converged = True
                     break
                 prev = value
+                self.advance(done, self.p["iters"])
         return {"value": value, "iters": done, "converged": float(converged), "examples": total,
                 "hvps": done * len(batches)}
+
+    def example_passes(self, n_train: int) -> float:
+        # at most `iters` Hessian-vector products over the examples, each about HVP_PASSES
+        # forward-backward passes (the tolerance may stop it earlier)
+        return min(self.p["examples"], n_train) * self.p["iters"] * HVP_PASSES
 
     def _hvp(self, model, batches, params, v, total):
         """H v for the loss averaged over all chosen examples, accumulated batch by batch.

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite.errors import UserError
+from suite.errors import UserError, one_line
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The fine label names of CIFAR-100 in label order (the `fine_label_names` of its `meta` file), which
@@ -169,8 +169,10 @@ def read_cifar_python(folder: Path, kind: str) -> ImageSplits:
 
 # --- image folders ------------------------------------------------------------------------------------
 
-def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(classes, [(file, class index)]) exactly as torchvision's ImageFolder finds them."""
+def list_image_folder(root: Path, strays: list[Path] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(classes, [(file, class index)]) exactly as torchvision's ImageFolder finds them. `strays`, when
+    given, receives the files ImageFolder would skip silently: those without an image extension that
+    are not hidden (a `notes.txt` among the images; `.DS_Store` and other dot-files are left alone)."""
     root = Path(root)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     samples = []
@@ -179,7 +181,24 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             for fname in sorted(fnames):
                 if fname.lower().endswith(IMG_EXTENSIONS):
                     samples.append((Path(dirpath) / fname, index))
+                elif strays is not None and not fname.startswith("."):
+                    strays.append(Path(dirpath) / fname)
     return classes, samples
+
+
+def check_listing(folder: Path, classes: list[str], samples: list[tuple[Path, int]], strays: list[Path]) -> None:
+    """An image folder without holes, checked from its listing before anything is decoded: every class
+    folder holds images, and nothing else (a stray file is a sign of a damaged or mixed-up copy)."""
+    if strays:
+        more = f" (and {len(strays) - 1} more)" if len(strays) > 1 else ""
+        raise UserError(f"{strays[0]}{more}: not an image file ({', '.join(IMG_EXTENSIONS)}) in the image folder "
+                        f"{folder}; move it out of the dataset")
+    counts = np.bincount(np.array([c for _, c in samples], dtype=np.int64), minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise UserError(f"{Path(folder) / empty[0]}{more}: the class folder holds no images; restore its files "
+                        "(every class needs images in every split)")
 
 
 def decode_images(files: list[Path], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -207,8 +226,9 @@ def decode_images(files: list[Path], size: tuple[int, int] | None = None) -> np.
                                     "like the others")
                 # tobytes + frombuffer: cheaper than np.asarray(im) for tiny images
                 out[i] = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(h, w, 3)
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:
-            raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {one_line(e, 160)}); replace it "
+                            "with an intact copy of the dataset's file") from None
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
@@ -223,7 +243,9 @@ def read_image_folder(root: Path, splits=("train", "test"), classes: tuple[str, 
     for split in splits:
         if not (root / split).is_dir():
             raise UserError(f"{root}: no {split}/ folder (expected {split}/<class>/<image files>)")
-        listed[split] = list_image_folder(root / split)
+        strays: list[Path] = []
+        listed[split] = list_image_folder(root / split, strays)
+        check_listing(root / split, *listed[split], strays)
     names = listed[splits[0]][0]
     for split in splits:
         if listed[split][0] != names:
@@ -354,11 +376,14 @@ def cached_decode(key: str, decode, copy: str, *, cache: bool = True, log=None):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.savez(f, splits=np.array(sorted(arrays)), content_hash=np.array(chash),
-                         **{f"x_{n}": v[0] for n, v in arrays.items()},
-                         **{f"y_{n}": v[1] for n, v in arrays.items()})
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, splits=np.array(sorted(arrays)), content_hash=np.array(chash),
+                             **{f"x_{n}": v[0] for n, v in arrays.items()},
+                             **{f"y_{n}": v[1] for n, v in arrays.items()})
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)  # a full cache disk leaves no half-written file behind
             note += f", cached in {path}"
         except OSError:
             note += " (cache folder not writable, not cached)"

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from suite.errors import UserError
+from suite.errors import UserError, one_line
 from suite.modalities.segmentation import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -166,36 +166,88 @@ def pad_collate(samples):
 
 
 # --- decoding helpers ------------------------------------------------------------------------------
-def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3); `size` (width, height) resizes (PIL bilinear, antialiased when shrinking)."""
-    from PIL import Image
+def _undecodable(path: Path, e: Exception) -> UserError:
+    """A damaged or foreign file, in one line that names it and says what to do."""
+    return UserError(f"{path}: cannot decode ({type(e).__name__}: {one_line(e, 160)}); replace it with an intact "
+                     "copy of the dataset's file")
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != tuple(size):
-            im = im.resize(tuple(size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).copy()
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _undecodable(path, e) from None
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3); `size` (width, height) resizes (PIL bilinear, antialiased when shrinking).
+    A damaged file (truncated, not an image) is one line naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != tuple(size):
+                im = im.resize(tuple(size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _undecodable(path, e) from None
 
 
 def read_index_png(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """The index values of a label PNG (palette 'P' or grey 'L' mode; never the palette's RGB colours),
     uint8 (H, W); `size` (width, height) resizes with nearest neighbour."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise UserError(f"label file {path} is a {im.mode!r} image; expected one index per pixel "
-                            "(a palette 'P' or grey 'L' PNG)")
-        if size is not None and im.size != tuple(size):
-            im = im.resize(tuple(size), Image.NEAREST)
-        return np.asarray(im, dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise UserError(f"label file {path} is a {im.mode!r} image; expected one index per pixel "
+                                "(a palette 'P' or grey 'L' PNG)")
+            if size is not None and im.size != tuple(size):
+                im = im.resize(tuple(size), Image.NEAREST)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _undecodable(path, e) from None
+
+
+def check_same_size(dataset: str, image: Path, label: Path) -> None:
+    """An image and its label map cover the same pixels (read from the headers, before any resizing)."""
+    (w, h), (lw, lh) = image_size(image), image_size(label)
+    if (w, h) != (lw, lh):
+        raise UserError(f"{dataset}: {image} is {w}x{h} but its label map {label} is {lw}x{lh}; the pair must "
+                        "have one size (replace the label map with the dataset's own)")
+
+
+def check_pairs(pairs: Sequence[tuple[Path, Path]], read: Callable, what: str) -> None:
+    """Decode every (image, label) pair with `read` (which checks sizes and label values) before anything
+    trains, so a damaged pair is one line now rather than a failure mid-run. The pass over a dataset that
+    is read on access (VOC) is remembered in the cache folder, keyed by every file's path, size and
+    modification time, so an unchanged copy is checked once."""
+    from suite.data.images import cache_dir, files_key
+
+    key = files_key([p for pair in pairs for p in pair], extra=f"pairs|{what}")
+    marker = cache_dir().parent / "checked" / f"{what}-{key}"
+    if marker.is_file():
+        return
+    for image, label in pairs:
+        read(image, label)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # an unwritable cache only means checking again next time
 
 
 def check_labels(mask: np.ndarray, num_classes: int, where) -> None:
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
     if bad.any():
         raise UserError(f"{where}: label {int(mask[bad][0])} is outside 0..{num_classes - 1} "
-                        f"(and not the ignore value {IGNORE_INDEX})")
+                        f"(and not the ignore value {IGNORE_INDEX}); replace the label map with the dataset's own")
 
 
 def to_tensors(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +314,7 @@ def load_camvid(root: Path, split: str, size: tuple[int, int] | None = None) -> 
     `size` (width, height) resizes every image (bilinear) and label map (nearest)."""
     images, masks = [], []
     for img, lab in camvid_pairs(root, split):
+        check_same_size("camvid", img, lab)  # before `size` resizes both and hides a mismatch
         m = read_index_png(lab, size)
         check_labels(np.where(m == CAMVID_VOID, IGNORE_INDEX, m), len(CAMVID_CLASSES), lab)
         masks.append(np.where(m == CAMVID_VOID, IGNORE_INDEX, m).astype(np.uint8))
@@ -314,6 +367,7 @@ def voc_pairs(root: Path, list_name: str) -> list[tuple[Path, Path]]:
         for p in (img, lab):
             if not p.exists():
                 raise UserError(f"voc: {list_name}.txt lists {p.stem} but {p} is missing")
+    check_pairs(pairs, read_voc_pair, f"voc-{list_name}")  # decoded on access later: every pair checked now
     return pairs
 
 
@@ -322,7 +376,9 @@ def read_voc_pair(img: Path, lab: Path) -> tuple[torch.Tensor, torch.Tensor]:
     check_labels(mask, len(VOC_CLASSES), lab)
     image = read_image(img)
     if image.shape[:2] != mask.shape:
-        raise UserError(f"voc: {img} and {lab} differ in size")
+        raise UserError(f"voc: {img} is {image.shape[1]}x{image.shape[0]} but its label map {lab} is "
+                        f"{mask.shape[1]}x{mask.shape[0]}; the pair must have one size (replace the label map "
+                        "with the dataset's own)")
     return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)
 
 
@@ -367,7 +423,7 @@ def read_regions(path: Path) -> np.ndarray:
     try:
         a = np.loadtxt(path, dtype=np.int64, ndmin=2)
     except ValueError as e:
-        raise UserError(f"stanford_background: cannot parse {path}: {e}") from None
+        raise UserError(f"stanford_background: cannot parse {path}: {one_line(e, 160)}") from None
     if a.size and (a.min() < -1 or a.max() >= len(STANFORD_CLASSES)):
         raise UserError(f"stanford_background: {path} holds values outside -1..{len(STANFORD_CLASSES) - 1}")
     return np.where(a < 0, IGNORE_INDEX, a).astype(np.uint8)
@@ -379,7 +435,8 @@ def load_stanford(pairs: Sequence[tuple[Path, Path]]) -> tuple[list[torch.Tensor
         x, m = read_image(img), read_regions(lab)
         if x.shape[:2] != m.shape:
             raise UserError(f"stanford_background: {img} is {x.shape[1]}x{x.shape[0]} but {lab} holds "
-                            f"{m.shape[1]}x{m.shape[0]} labels")
+                            f"{m.shape[1]}x{m.shape[0]} labels; the pair must have one size (replace the label "
+                            "file with the dataset's own)")
         images.append(torch.from_numpy(x).permute(2, 0, 1).contiguous())
         masks.append(torch.from_numpy(m))
     return images, masks

@@ -63,7 +63,7 @@ class FastAdversarialTraining(_AdversarialTraining):
     description = "fast adversarial training (Wong et al. 2020): FGSM from a random start, step alpha = 1.25 eps"
     params = {
         "norm": Param(str, "linf", "threat model", choices=NORMS),
-        "eps": Param(float, 8 / 255, "perturbation budget", check=nonneg),
+        "eps": Param(float, 8 / 255, "perturbation budget (e.g. 8/255)", check=nonneg),
         "alpha": Param(float, None, "FGSM step; default 1.25 * eps", check=nonneg, optional=True),
     }
 

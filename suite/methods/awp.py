@@ -58,6 +58,14 @@ class AdversarialWeightPerturbation(_AdversarialAscent):
         super().__init__(**params)
         self._warmup_step = PGDAdversarialTraining(**{k: self.p[k] for k in PGD_PARAMS})
 
+    def check_settings(self, cfg) -> None:
+        super().check_settings(cfg)
+        if self.p["warmup"] and self.p["warmup"] >= cfg.epochs:
+            from suite.errors import UserError
+            raise UserError(f"awp --warmup {self.p['warmup']} with epochs={cfg.epochs}: every epoch would be "
+                            "plain PGD-AT and no weight perturbation would ever be applied; give a warm-up below "
+                            "the number of epochs (or more epochs with --set epochs=N), or use --method at")
+
     def train_step(self, model, batch, optimizer, adapter):
         if self.epoch < self.p["warmup"]:
             return self._warmup_step.train_step(model, batch, optimizer, adapter)

@@ -52,9 +52,19 @@ class Method:
     later_params: ClassVar[frozenset[str]] = frozenset()
     # Set by the trainer before each epoch's steps (0-based), for methods whose step depends on it.
     epoch: int = 0
+    # Methods that scale their losses for amp=fp16 (see the module docstring) declare True.
+    supports_fp16: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.p = resolve_params(f"method {self.name}", self.params, params)
+
+    def check_settings(self, cfg) -> None:
+        """Refuse (UserError) training settings this method cannot work with, when the run is planned,
+        before anything is created. Subclasses extend it (calling this one)."""
+        if cfg.amp == "fp16" and not self.supports_fp16:
+            from suite.errors import UserError
+            raise UserError(f"method {self.name} does not support amp=fp16 (it has no gradient scaling); "
+                            "use --set amp=bf16 or --set amp=off")
 
     def cost(self) -> float:
         """Forward-backward passes per training step."""
