@@ -211,8 +211,12 @@ def evaluate(
             metrics["worst_case"], metrics["worst_case_n"] = fam["value"], fam["n"]
             if "metrics" in fam:
                 metrics["worst_case_metrics"] = fam["metrics"]
-    metrics["outcomes"] = _outcomes(adapter, dataset, eval_idx, total, state, covers, built)
-    metrics["predictions"] = _prediction_summary(adapter, metrics["outcomes"])
+    out = _outcomes(adapter, dataset, eval_idx, total, state, covers, built)
+    metrics["outcomes"] = out.to_json()
+    # the histogram of clean predictions (examples; pixels for segmentation), so a near-constant model
+    # can be told from a robust one
+    metrics["predictions"] = {"histogram": [int(v) for v in out.prediction_histogram()],
+                              "unit": "examples" if out.kind == "correct" else "pixels"}
     return metrics
 
 
@@ -260,7 +264,7 @@ def _worst_case(adapter, clean, state, covers, members: list[int], threat: str) 
     return out
 
 
-def _outcomes(adapter, dataset, eval_idx, total, state, covers, built) -> dict:
+def _outcomes(adapter, dataset, eval_idx, total, state, covers, built) -> outcomes.Outcomes:
     """Every evaluated example's outcome, clean and per attack, for paired comparisons (suite.outcomes)."""
     clean = adapter.outcome_array(state["clean"])
     predicted = state.get("predicted")
@@ -273,15 +277,7 @@ def _outcomes(adapter, dataset, eval_idx, total, state, covers, built) -> dict:
             for i, a in enumerate(built)]
     return outcomes.Outcomes(adapter.outcome_kind, total, np.asarray(eval_idx), clean,
                              None if predicted is None else predicted.numpy().astype(np.int64), rows,
-                             hist).to_json()
-
-
-def _prediction_summary(adapter, packed: dict) -> dict:
-    """The histogram of predicted classes on the clean pass (examples; pixels for segmentation), so a
-    near-constant model can be told from a robust one."""
-    out = outcomes.Outcomes.from_json(packed)
-    hist = out.prediction_histogram()
-    return {"histogram": [int(v) for v in hist], "unit": "examples" if out.kind == "correct" else "pixels"}
+                             hist)
 
 
 def _attack_batch(model, adapter, attack, batch, b, i, seed, device, cover, done, clean, clean_score,

@@ -775,13 +775,14 @@ def plot(task: Task, records: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=100)
-    xs, ys = [], []
+    xs, ys, bars = [], [], False
     for row, color in zip(rows, _colors(rows)):
         c, h = row.interval("clean"), row.interval(col)
         if h.mean != h.mean:
             continue
         xerr = [[c.mean - c.low], [c.high - c.mean]] if c.low is not None else None
         yerr = [[h.mean - h.low], [h.high - h.mean]] if h.low is not None else None
+        bars = bars or xerr is not None or yerr is not None
         ax.errorbar([c.mean], [h.mean], xerr=xerr, yerr=yerr, marker=MARKERS.get(row.method["name"], "x"),
                     color=color, markerfacecolor="none" if row.collapsed else color, label=_label(row),
                     linestyle="none", capsize=2)
@@ -791,7 +792,8 @@ def plot(task: Task, records: list[dict], path: Path) -> bool:
     ax.set_ylim(*_limits(ys))
     ax.set_xlabel(f"clean {metric} (%)")
     ax.set_ylabel(f"{_head(col, metric)} (%)")
-    ax.set_title(f"{task.name}: clean vs {_head(col, metric)} (bars: 95% intervals)", fontsize=10)
+    said = " (bars: 95% intervals)" if bars else " (these records carry no intervals)"
+    ax.set_title(f"{task.name}: clean vs {_head(col, metric)}{said}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
@@ -819,6 +821,7 @@ def plot_budgets(task: Task, records: list[dict], path: Path) -> bool:
     from suite.params import fmt_value
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves) + 2.6, 4.4), dpi=100, squeeze=False)
+    bands = False
     for ax, (norm, points) in zip(axes[0], curves.items()):
         budgets = [0.0] + [eps for eps, _ in points]
         for row, color in zip(rows, _colors(rows)):
@@ -829,6 +832,7 @@ def plot_budgets(task: Task, records: list[dict], path: Path) -> bool:
                     markerfacecolor="none" if row.collapsed else color, linestyle="--" if row.collapsed else "-",
                     label=_label(row), markersize=4)
             if all(c.low is not None for c in cells):
+                bands = True
                 ax.fill_between(budgets, [c.low for c in cells], [c.high for c in cells], color=color, alpha=0.15,
                                 linewidth=0)
         ax.set_xticks(budgets)
@@ -839,7 +843,8 @@ def plot_budgets(task: Task, records: list[dict], path: Path) -> bool:
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.suptitle(f"{task.name}: robustness against budget (budget 0 = clean; bands: 95% intervals)", fontsize=10)
+    said = "bands: 95% intervals" if bands else "these records carry no intervals"
+    fig.suptitle(f"{task.name}: robustness against budget (budget 0 = clean; {said})", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -37,3 +37,16 @@ def global_norm(d: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def max_diff(a: dict, b: dict) -> float:
     return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def clean_correct(model: nn.Module, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples of a TensorDataset that `model` classifies correctly: what attacks are run on."""
+    x, y = dataset.tensors
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    return x[keep], y[keep]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import accuracy, clean_correct
 from torch import nn
 from torch.func import grad
 
@@ -136,15 +137,8 @@ def test_linf_pgd_equals_the_reference_and_is_never_weaker(digits):
     """The linf counterpart of tests/test_fidelity.py's l2 check, on the same footing: an independent
     implementation of the common practice, the suite's PGD no weaker than it."""
     model, test = digits
-    x, y = test.tensors
-    with torch.no_grad():
-        keep = model(x).argmax(1) == y
-    x, y = x[keep], y[keep]
+    x, y = clean_correct(model, test)
     eps, steps = 0.1, 10
-
-    def robust(adv):
-        with torch.no_grad():
-            return (model(adv).argmax(1) == y).float().mean().item()
 
     # without a random start both are one deterministic algorithm: the same adversarial images
     fixed = AttackSpec.parse(f"pgd:norm=linf,eps={eps},steps={steps},random_start=false").build(IMAGE)
@@ -157,9 +151,9 @@ def test_linf_pgd_equals_the_reference_and_is_never_weaker(digits):
         torch.manual_seed(seed)
         adv = AttackSpec.parse(f"pgd:norm=linf,eps={eps},steps={steps}").build(IMAGE).run(model, (x, y)).adversarial
         assert (adv - x).abs().max() <= eps + 1e-6 and 0 <= adv.min() and adv.max() <= 1
-        ours.append(robust(adv))
-        theirs.append(robust(reference_pgd_linf(model, x, y, eps, eps / 4, steps, True,
-                                                torch.Generator().manual_seed(seed))))
+        ours.append(accuracy(model, adv, y))
+        theirs.append(accuracy(model, reference_pgd_linf(model, x, y, eps, eps / 4, steps, True,
+                                                         torch.Generator().manual_seed(seed)), y))
     assert 0.05 < np.mean(theirs) < 0.95  # the budget is neither trivial nor overwhelming here
     assert np.mean(ours) <= np.mean(theirs) + 0.01, (ours, theirs)
 
