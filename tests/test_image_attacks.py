@@ -58,6 +58,24 @@ def test_apgd_ce_equals_the_package_called_directly(digits, norm, eps):
     assert 0 < int(expected.sum()) < len(y)  # not vacuous: some broken, some robust
 
 
+def test_apgd_is_the_package_custom_version_ce_then_t(digits):
+    import pyautoattack
+
+    model, _ = digits
+    x, y = correct_batch(digits, 24)
+    eps = 12 / 255
+    res = AttackSpec.of("apgd", eps=eps).build(IMAGE).run(model, (x, y))
+    aa = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"],
+                                 device=CPU, seed=0)
+    aa.verbose = False
+    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=len(y))
+    expected = y_adv != y
+    assert torch.equal(res.success, expected)
+    ce = AttackSpec.of("apgd_ce", eps=eps).build(IMAGE).run(model, (x, y)).success
+    assert bool((ce <= res.success).all())  # APGD-T only adds to what APGD-CE broke
+    assert 0 < int(res.success.sum()) < len(y)
+
+
 @pytest.mark.slow  # ~10 s alone, 30+ s on a busy machine: Square runs 5000 queries on what is left
 def test_autoattack_standard_equals_the_package_called_directly(digits):
     import pyautoattack
@@ -95,6 +113,7 @@ def test_autoattack_result_depends_only_on_batch_and_seed(digits):
 
 def test_autoattack_components_and_labels():
     for name, label in [("autoattack", "AutoAttack linf 8/255"), ("apgd_ce", "APGD-CE linf 8/255"),
+                        ("apgd", "APGD-CE+T linf 8/255"),
                         ("apgd_t", "APGD-T linf 8/255"), ("fab_t", "FAB-T linf 8/255"),
                         ("square", "Square-5000 linf 8/255")]:
         assert name in ATTACKS

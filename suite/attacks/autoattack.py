@@ -1,7 +1,9 @@
 """AutoAttack (Croce & Hein, ICML 2020) through its authors' package `pyautoattack`.
 
 `autoattack` is the standard version (APGD-CE, APGD-T, FAB-T, Square, each run only on the points
-the previous ones left robust); `apgd_ce`, `apgd_t`, `fab_t` and `square` run one component alone
+the previous ones left robust); `apgd` is the package's custom version with APGD-CE then APGD-T
+(APGD-CE with the package's 5 restarts, then APGD-T on the points it left robust: the usual "is PGD
+enough?" check); `apgd_ce`, `apgd_t`, `fab_t` and `square` run one component alone
 with the settings the standard version gives it (what the package's own
 `run_standard_evaluation_individual` does). Nothing is re-implemented: every call goes through
 `AutoAttack.run_standard_evaluation` of the installed package.
@@ -51,8 +53,9 @@ def surface_model(model, adapter, batch):
 
 
 def run_package(logits_model, x, y, *, norm: str, eps: float, seed: int, attacks: tuple[str, ...],
-                num_classes: int | None = None):
-    """pyautoattack's standard version restricted to `attacks`, on one batch; returns (x_adv, y_adv).
+                num_classes: int | None = None, version: str = "standard"):
+    """pyautoattack's standard version restricted to `attacks` (or its custom version of `attacks`, with
+    the package's own settings for each), on one batch; returns (x_adv, y_adv).
 
     The global torch random state is restored afterwards (the package reseeds it per component), and
     the weights are left as they were (no gradients accumulated into them).
@@ -60,10 +63,14 @@ def run_package(logits_model, x, y, *, norm: str, eps: float, seed: int, attacks
     import pyautoattack
     import torch
 
-    aa = pyautoattack.AutoAttack(logits_model, norm=PACKAGE_NORM[norm], eps=eps, version="standard",
-                                 device=x.device, seed=seed)
+    if version == "custom":
+        aa = pyautoattack.AutoAttack(logits_model, norm=PACKAGE_NORM[norm], eps=eps, version="custom",
+                                     attacks=list(attacks), device=x.device, seed=seed)
+    else:
+        aa = pyautoattack.AutoAttack(logits_model, norm=PACKAGE_NORM[norm], eps=eps, version="standard",
+                                     device=x.device, seed=seed)
+        aa.attacks_to_run = list(attacks)  # as run_standard_evaluation_individual does
     aa.verbose = False  # its progress messages; the package's warnings (checks.py) still show
-    aa.attacks_to_run = list(attacks)  # as run_standard_evaluation_individual does
     if num_classes is not None and num_classes - 1 < aa.apgd_targeted.n_target_classes:
         aa.apgd_targeted.n_target_classes = num_classes - 1
         aa.fab.n_target_classes = num_classes - 1
@@ -94,6 +101,7 @@ class PackageAttack(Attack):
         "seed": Param(int, 0, "the package's seed (it reseeds torch with it before each component)", check=nonneg),
     }
     components: ClassVar[tuple[str, ...]] = STANDARD
+    version: ClassVar[str] = "standard"  # or "custom": the components with the package's own settings
     title: ClassVar[str] = "AutoAttack"
 
     def __init__(self, adapter, **params: Any):
@@ -126,7 +134,7 @@ class PackageAttack(Attack):
             num_classes = int(net(x[:1]).shape[-1])
         self._check_classes(num_classes)
         _, y_adv = run_package(net, x, y, norm=self.p["norm"], eps=self.p["eps"], seed=self.p["seed"],
-                               attacks=self.components, num_classes=num_classes)
+                               attacks=self.components, num_classes=num_classes, version=self.version)
         return AttackResult(success=(y_adv != y))
 
 
@@ -135,6 +143,16 @@ class AutoAttackStandard(PackageAttack):
     name = "autoattack"
     description = ("AutoAttack (Croce & Hein 2020), standard version via pyautoattack: APGD-CE, APGD-T, "
                    "FAB-T, Square-5000, linf or l2")
+
+
+@ATTACKS.register("apgd")
+class APGDCEThenT(PackageAttack):
+    name = "apgd"
+    description = ("AutoAttack's APGD-CE (5 restarts), then APGD-T on the points it left robust: the package's "
+                   "custom version of these two, via pyautoattack")
+    components = ("apgd-ce", "apgd-t")
+    version = "custom"
+    title = "APGD-CE+T"
 
 
 @ATTACKS.register("apgd_ce")
