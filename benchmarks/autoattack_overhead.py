@@ -29,7 +29,8 @@ from suite.attacks.base import AttackSpec
 from suite.config import TaskOptions
 from suite.errors import UserError
 from suite.params import parse_number
-from suite.registry import MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import MODALITIES, TASKS
 
 
 def task_model(args, device):
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace) -> dict:
     """Time the three paths (interleaved repeats, medians) and compare their robust flags; see the
     module docstring. benchmarks/gpu_check.py calls `compare` with a model it trained."""
-    from suite.registry import include
+    from suite.plugins import include
 
     load_builtins()
     for path in args.include:

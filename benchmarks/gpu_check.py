@@ -76,7 +76,8 @@ from suite import subsets
 from suite.attacks.base import AttackSpec
 from suite.config import TaskOptions
 from suite.errors import UserError
-from suite.registry import MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import MODALITIES, TASKS
 from suite.runner import check_writable_dir, plan_run, prepare_data, resolve_device
 from suite.train import train
 

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from suite.config import TaskOptions
-from suite.registry import METHODS, MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import METHODS, MODALITIES, TASKS
 from suite.train import build_optimizer
 
 

@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 from suite.attacks.base import AttackSpec
 from suite.config import TaskOptions
 from suite.modalities.image import ImageClassification
-from suite.registry import METHODS, MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import METHODS, MODALITIES, TASKS
 
 SHARED = ROOT.parent / "shared" / "data"
 ADAPTER = ImageClassification()

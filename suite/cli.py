@@ -13,7 +13,7 @@ import sys
 import tomllib  # Python >= 3.11, the floor pyproject.toml declares
 from pathlib import Path
 
-from suite.errors import UserError
+from suite.errors import UserError, did_you_mean
 
 RUN_EXAMPLES = """examples:
   python -m suite run --task digits --method sam                  # the offline default (under a minute on a CPU with OMP_NUM_THREADS=1)
@@ -343,9 +343,7 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
     owners = [(name, t) for name, t in TASKS.items() if spec in t.sweeps]
     if not owners:
         presets = sorted(p for _, t in TASKS.items() for p in t.sweeps)
-        import difflib
-        close = difflib.get_close_matches(spec, presets, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(spec, presets)
         raise UserError(f"--grid {spec}: not a grid file nor a preset.{hint} Presets: {', '.join(presets) or '(none)'}")
     name, task = owners[0]
     return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}
@@ -495,7 +493,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from suite.registry import include, load_builtins
+    from suite.plugins import include, load_builtins
 
     try:
         load_builtins()

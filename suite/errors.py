@@ -20,3 +20,16 @@ def one_line(e: BaseException | str, limit: int = 300) -> str:
     """An exception's message on one line (a library's message may span several), at most `limit` characters."""
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def nearest(name: str, known, *, n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The known names closest to `name` by spelling (difflib), best first."""
+    import difflib
+
+    return difflib.get_close_matches(name, list(known), n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: str, known, *, cutoff: float = 0.5, quote: bool = False) -> str:
+    """" Did you mean a, b?" naming the nearest known names (repr'd with `quote`), or "" when none is near."""
+    close = [repr(c) if quote else c for c in nearest(name, known, cutoff=cutoff)]
+    return f" Did you mean {', '.join(close)}?" if close else ""

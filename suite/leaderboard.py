@@ -93,7 +93,8 @@ def _threat(entry: dict) -> str:
     """An attack's threat family: recorded since per-family worst cases; older records name the attack."""
     if entry.get("threat"):
         return entry["threat"]
-    from suite.registry import ATTACKS, load_builtins
+    from suite.plugins import load_builtins
+    from suite.registry import ATTACKS
     load_builtins()
     return ATTACKS.get(entry["name"]).threat if entry.get("name") in ATTACKS else O.NORM_BOUNDED
 

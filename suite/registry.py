@@ -1,20 +1,20 @@
-"""One generic registry; instances for tasks, methods, attacks and modality adapters.
+"""One generic registry; instances for tasks, methods, attacks, modality adapters and analyses.
 
-Registration is by decorator (or `register(name, obj)` for non-class objects such as task specs).
-A duplicate name raises; an unknown name raises one `UnknownName` error that suggests the nearest
-names and lists every available one, so the CLI can print it as a single line.
+The lowest layer of the suite beside suite.errors and suite.params: it imports no plug-in. What fills
+the registries (the built-in plug-ins, the `tasks` package, `--include` files) is suite.plugins.
+
+Registration is by decorator (or `register(name, obj)` for non-class objects such as task specs). The
+registered name is the entry's `name`: a class that does not state one gets it, and an entry that
+states another is refused, so a name is written once. A duplicate name raises; an unknown name raises
+one `UnknownName` error that suggests the nearest names and lists every available one, so the CLI can
+print it as a single line.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.util
-import pkgutil
 import sys
-from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
-from suite.errors import UserError
+from suite.errors import UserError, nearest
 
 T = TypeVar("T")
 
@@ -36,6 +36,12 @@ class Registry(Generic[T]):
         origin = sys._getframe(1).f_code.co_filename
 
         def add(o: T) -> T:
+            stated = o.__dict__.get("name") if isinstance(o, type) else getattr(o, "name", None)
+            if stated is not None and stated != name:
+                raise ValueError(f"{self.kind} registered as {name!r} states name = {stated!r} in {origin}; "
+                                 "the registered name is the one name (drop the class attribute)")
+            if isinstance(o, type) and stated is None:
+                o.name = name
             if name in self._items:
                 raise UserError(f"duplicate {self.kind} {name!r} in {origin}: already registered by "
                                 f"{self._origin.get(name, '?')}; rename one of them")
@@ -56,7 +62,7 @@ class Registry(Generic[T]):
         # every name that extends the one given (`cifar10` -> each cifar10_* task, the paper's among
         # them), then the nearest others by spelling
         longer = [n for n in names if n.startswith(name)] if len(name) >= 3 else []
-        close = longer + [c for c in difflib.get_close_matches(name, names, n=3, cutoff=0.5) if c not in longer]
+        close = longer + [c for c in nearest(name, names) if c not in longer]
         hint = f" Did you mean {', '.join(repr(c) for c in close[:max(3, len(longer))])}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
 
@@ -88,58 +94,3 @@ ANALYSES: Registry = Registry("analysis")
 # (empty when the task can run). The runner reports them together with any other problem it finds
 # (e.g. an attack's missing corpus), so a newcomer learns everything missing in one message.
 CHECKS: Registry = Registry("task check")
-
-_loaded_builtins = False
-_included: dict[Path, list[str]] = {}  # file -> the task names it registered
-
-
-def load_builtins() -> None:
-    """Import the built-in methods, attacks, modalities and the `tasks` package (idempotent)."""
-    global _loaded_builtins
-    if _loaded_builtins:
-        return
-    _loaded_builtins = True
-    import suite.analysis  # noqa: F401  (each subpackage imports its modules, which register)
-    import suite.attacks  # noqa: F401
-    import suite.methods  # noqa: F401
-    import suite.modalities  # noqa: F401
-    import tasks
-
-    for mod in pkgutil.iter_modules(tasks.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"tasks.{mod.name}")
-
-
-def include(path: str | Path) -> list[str]:
-    """Load user task files: a .py file, or every .py file (not starting with _) in a folder.
-
-    Returns the names of the tasks they registered (also when a file was loaded before).
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"--include {path}: no such file or folder")
-    files = sorted(f for f in p.glob("*.py") if not f.name.startswith("_")) if p.is_dir() else [p]
-    if p.is_file() and p.suffix != ".py":
-        raise UserError(f"--include {path}: expected a .py file or a folder of them")
-    names: set[str] = set()
-    for f in files:
-        f = f.resolve()
-        if f in _included:
-            names.update(_included[f])
-            continue
-        before = set(TASKS.names())
-        _included[f] = []
-        modname = f"suite_user_{f.stem}_{abs(hash(str(f))) % 10**8}"
-        spec = importlib.util.spec_from_file_location(modname, f)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        try:
-            spec.loader.exec_module(module)
-        except UserError:
-            raise
-        except Exception as e:  # a broken user file is bad input: one line, not a traceback
-            raise UserError(f"--include {f}: failed to load: {type(e).__name__}: {e}") from e
-        _included[f] = sorted(set(TASKS.names()) - before)
-        names.update(_included[f])
-    return sorted(names)

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from suite import subsets
 from suite.attacks.base import AttackSpec
 from suite.config import Task, TaskOptions, TrainConfig
-from suite.errors import UserError
+from suite.errors import UserError, did_you_mean
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
 from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
-from suite.registry import ANALYSES, CHECKS, METHODS, MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import ANALYSES, CHECKS, METHODS, MODALITIES, TASKS
 
 # Planning imports no torch: `plan_run` validates every name, value and path in well under a second,
 # so bad input is refused before the seconds that importing torch takes. Functions that train or
@@ -110,10 +111,8 @@ def split_overrides(task: Task, method_cls, items: Mapping[str, str]) -> tuple[d
         elif key in method_cls.params:
             method_set[key] = value
         else:
-            import difflib
             known = sorted(train_fields | set(method_cls.params))
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, known, cutoff=0.6)
             raise UserError(f"--set {key}: not a training setting of task {task.name} nor a parameter of method "
                             f"{method_cls.name}.{hint} Known: {', '.join(known)}")
     return train_set, method_set

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite.registry import load_builtins
+from suite.plugins import load_builtins
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

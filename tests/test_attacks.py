@@ -16,7 +16,8 @@ from suite.attacks.engine import pgd
 from suite.attacks.gradient import PGD
 from suite.evaluate import evaluate
 from suite.modalities.image import FeatureClassification, ImageClassification
-from suite.registry import ATTACKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import ATTACKS
 
 load_builtins()
 

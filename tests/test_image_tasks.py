@@ -467,7 +467,8 @@ def test_a_mismatched_state_dict_is_a_user_error(tmp_path):
 # --- tasks end to end ---------------------------------------------------------------------------------
 
 def test_task_labels_match_the_suite_and_the_paper_rows(tmp_path):
-    from suite.registry import TASKS, load_builtins
+    from suite.plugins import load_builtins
+    from suite.registry import TASKS
     from suite.runner import plan_run
 
     load_builtins()

@@ -4,7 +4,8 @@ import pytest
 
 from suite.config import TrainConfig
 from suite.errors import UserError
-from suite.registry import METHODS, TASKS, Registry, UnknownName, include
+from suite.plugins import include
+from suite.registry import METHODS, TASKS, Registry, UnknownName
 
 
 def test_decorator_registration_and_lookup():

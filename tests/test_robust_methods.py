@@ -19,7 +19,8 @@ from torch.func import functional_call, grad
 
 from suite.errors import UserError
 from suite.modalities.image import ImageClassification
-from suite.registry import METHODS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import METHODS
 
 load_builtins()
 

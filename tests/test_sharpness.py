@@ -23,7 +23,8 @@ from torch.utils.data import TensorDataset
 from suite.analysis.sharpness import chosen_examples
 from suite.errors import UserError
 from suite.modalities.image import FeatureClassification, ImageClassification
-from suite.registry import ANALYSES, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import ANALYSES
 
 load_builtins()
 

@@ -23,7 +23,8 @@ from suite.config import TaskOptions, TrainConfig
 from suite.errors import UserError
 from suite.evaluate import evaluate
 from suite.records import RecordStore
-from suite.registry import METHODS, MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import METHODS, MODALITIES, TASKS
 from suite.runner import execute, plan_run
 
 load_builtins()

@@ -13,7 +13,8 @@ from scipy.optimize import brentq
 from suite.attacks.engine import pgd
 from suite.config import TaskOptions
 from suite.records import RecordStore
-from suite.registry import METHODS, MODALITIES, TASKS, load_builtins
+from suite.plugins import load_builtins
+from suite.registry import METHODS, MODALITIES, TASKS
 from suite.runner import execute, plan_run
 from tasks import toy_features as toy
 

@@ -18,13 +18,12 @@ file is opened; `check_folder` validates the files (presence, shape, labels) bef
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from suite.errors import UserError
+from suite.errors import UserError, did_you_mean
 
 BENCHMARK = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -76,8 +75,7 @@ def parse_spec(spec: str | Sequence[str]) -> list[tuple[str, int]]:
         elif name in KNOWN:
             out += [(name, s) for s in severities]
         else:
-            close = difflib.get_close_matches(name, KNOWN + ("all", "paper"), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, KNOWN + ("all", "paper"), quote=True)
             raise UserError(f"unknown corruption {name!r}.{hint} Known: all, paper, {', '.join(KNOWN)}")
     seen: set[tuple[str, int]] = set()
     return [x for x in out if not (x in seen or seen.add(x))]
