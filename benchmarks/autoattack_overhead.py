@@ -35,7 +35,7 @@ from suite.registry import MODALITIES, TASKS
 
 def task_model(args, device):
     """(model, x, y, adapter) from a registered task: its model (trained briefly or loaded) and test split."""
-    from suite.evaluate import eval_batches
+    from suite.data.batches import eval_batches
 
     task = TASKS.get(args.task)
     opts = TaskOptions(data_dir=args.data_dir)

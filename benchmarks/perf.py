@@ -190,12 +190,12 @@ class ESAMOneForward:
         from suite.methods.sam import ESAM
 
         class Variant(ESAM):
-            def _second_pass(self, model, batch, adapter, first_out, first_loss):
+            def _second_pass(self, model, batch, adapter, first_out, first_loss, ctx):
                 n = adapter.batch_size(batch)
                 k = max(1, int(n * self.p["gamma"]))
                 per_example = adapter.loss(adapter.forward(model, batch), batch, reduction="none")
                 index = torch.topk(per_example.detach() - self._loss_before, k).indices
-                self._backward(per_example[index].mean())
+                self._backward(per_example[index].mean(), ctx)
 
         return Variant(**params)
 

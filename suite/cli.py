@@ -67,6 +67,12 @@ class Parser(argparse.ArgumentParser):
                     value = w.split("=", 1)[1] if "=" in w else (words[i + 1] if i + 1 < len(words) else "VALUE")
                     raise UserError(f"{w.split('=', 1)[0]} is not a flag; training settings are given with --set, "
                                     f"e.g. --set {key}={value}")
+            flags = [w for w in words if w.startswith("--")]
+            if flags and self.prog.split()[-1] in ("run", "sweep"):
+                # flags exist for the parameters of built-in methods; one loaded with --include takes --set
+                key = flags[0][2:].split("=", 1)[0].replace("-", "_")
+                raise UserError(f"{self.prog}: {message} (see {self.prog} --help); a parameter of a method loaded "
+                                f"with --include is given with --set, e.g. --set {key}=VALUE")
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -244,7 +250,7 @@ def cmd_run(args, names) -> int:
 
 def _print_plan(plan, store) -> None:
     """`run --dry-run`: what the run would do, and whether it is recorded already."""
-    from suite.runner import analyses_cost, build_analysis
+    from suite.runner import analyses_cost
 
     cfg = plan.cfg
     state = f"recorded: {store.path(plan.task.name, plan.run_id)}" if store.exists(plan.task.name, plan.run_id) \
@@ -254,10 +260,10 @@ def _print_plan(plan, store) -> None:
     print(f"  training: {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}{subset}, batch {cfg.batch_size}, "
           f"{cfg.optimizer} lr {cfg.lr:g}, {plan.method.cost():g} forward-backward passes per step")
     n_eval = f"{cfg.eval_examples} test examples" if cfg.eval_examples else "the whole test split"
-    attacks = [spec.build(plan.adapter).label() + (f" (n={spec.n})" if spec.n else "") for spec in plan.attacks]
+    attacks = [attack.label() + (f" (n={spec.n})" if spec.n else "") for spec, attack in zip(plan.attacks, plan.built_attacks)]
     print(f"  evaluation on {n_eval}: clean" + "".join(f", {a}" for a in attacks))
     if plan.analyses:
-        labels = ", ".join(build_analysis(spec, plan.adapter).label() for spec in plan.analyses)
+        labels = ", ".join(analysis.label() for analysis in plan.built_analyses)
         print(f"  analyses: {labels}")
         if cfg.train_examples:
             print(f"  {analyses_cost(plan, cfg.train_examples)}")
@@ -345,6 +351,9 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
         presets = sorted(p for _, t in TASKS.items() for p in t.sweeps)
         hint = did_you_mean(spec, presets)
         raise UserError(f"--grid {spec}: not a grid file nor a preset.{hint} Presets: {', '.join(presets) or '(none)'}")
+    if len(owners) > 1:
+        raise UserError(f"--grid {spec}: the preset is declared by tasks {', '.join(n for n, _ in owners)}; "
+                        "a preset name must be unique (rename one)")
     name, task = owners[0]
     return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}
 

@@ -19,6 +19,7 @@ SCHEDULES = ("step", "cosine", "linear", "poly", "constant")
 SUBSETS = ("stratified", "random", "first")
 AMP = ("auto", "off", "bf16", "fp16")
 SAM_ASCENT = ("global", "per_replica")  # SAM under torchrun: see suite.train
+EVAL_SPLITS = ("test", "val")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainConfig:
     compile: bool = False           # torch.compile the model for training
     sync_bn: bool = False           # SyncBatchNorm across torchrun processes (CUDA only)
     sam_ascent: str = "global"      # under torchrun: SAM's ascent from the global or per-replica gradient
+    # Choosing a recipe without touching the test split (also only in a run's identity when set):
+    eval_split: str = "test"        # "val": evaluate on the task's validation split (DataBundle.val)
+    val_every: int = 0              # > 0: the clean metric on the validation split every N epochs, in history
 
     def validate(self) -> "TrainConfig":
         def bad(name, why):
@@ -93,6 +97,10 @@ class TrainConfig:
             bad("num_workers", "must be >= 0")
         if self.sam_ascent not in SAM_ASCENT:
             bad("sam_ascent", f"must be one of {', '.join(SAM_ASCENT)}")
+        if self.eval_split not in EVAL_SPLITS:
+            bad("eval_split", f"must be one of {', '.join(EVAL_SPLITS)}")
+        if self.val_every < 0:
+            bad("val_every", "must be >= 0 (0 = off)")
         return self
 
     def override(self, items: Mapping[str, str]) -> "TrainConfig":
@@ -131,6 +139,11 @@ class TaskOptions:
     model: str | None = None       # e.g. a hub id or a local directory (text tasks)
 
 
+# Segmentation masks: the value of unlabelled pixels (void, borders) in every mask the suite reads or
+# scores; the data readers write it and the segmentation adapter ignores it.
+IGNORE_INDEX = 255
+
+
 @dataclass
 class DataBundle:
     train: Any                      # a torch Dataset
@@ -140,6 +153,11 @@ class DataBundle:
     fingerprint: str = ""           # hash of the data the task read, for provenance
     test_order: str = "unknown"     # "shuffled" where the test split is known to be in random order
                                     # (only then may eval_subset=first take "the first N")
+    # The validation split, for choosing a recipe (eval_split=val, val_every): an official one, or a
+    # seeded part held out of the training split, in which case `train_without_val` is the rest (what a
+    # run that evaluates on val trains on). None: the task has none.
+    val: Any = None
+    train_without_val: Any = None
 
 
 @dataclass(frozen=True)
@@ -170,8 +188,17 @@ class Task:
     report: Callable[[list], str] | None = None  # optional extra markdown section for the leaderboard
     perturbable: Any = None         # optional mask of attackable input features (features modality)
     default_model: str | None = None
-    analyze: Callable[[Any, TaskOptions], dict] | None = None  # optional extra numbers from the trained model
+    extra_metrics: Callable[[Any, TaskOptions], dict] | None = None  # optional extra numbers of the trained model (record["extra"])
     analyses: tuple = ()            # analysis specs run after evaluation (e.g. "sharpness:rho=0.05")
     corruption_data: str = ""       # folder under --data-dir with <corruption>.npy files (e.g. "CIFAR-10-C")
     corruptions: str = ""           # default corruption spec (suite.data.corruptions), "" = none
     needs_data_dir: bool = False    # the task reads files from --data-dir / SUITE_DATA_DIR
+
+
+def check_sync_bn(device) -> None:
+    """sync_bn=true is refused off CUDA (also with one process), before anything runs (`device`: a
+    torch.device)."""
+    if device.type != "cuda":
+        raise UserError(f"sync_bn=true needs CUDA (PyTorch's SyncBatchNorm synchronises on GPUs only) and this "
+                        f"run is on {device.type}; drop --set sync_bn=true (each process then normalises with "
+                        "its own share of the batch)")

@@ -11,10 +11,11 @@ unset or 1) every function here is a no-op and the suite runs as one process.
 What the ranks share, and why the result equals one process with the same global batch:
 - Training batches: every rank cuts the *same* global batch of `batch_size` examples (the shuffling
   and the augmentation draws are seeded per (seed, epoch), identically on every rank) and keeps its
-  contiguous share (`shard`); shares differ in size by at most one example. The trainer wraps the
-  model in DistributedDataParallel with a communication hook that weights each rank's mean gradient
-  by its share of the batch (`Context.share`), so the all-reduced gradient is the mean over the
-  global batch exactly, even for a last batch that does not split evenly.
+  contiguous share (`shard_index`); shares differ in size by at most one example. The trainer wraps
+  the model in DistributedDataParallel (`wrap`) with a communication hook that weights each rank's
+  mean gradient by its share of the batch (the `share` of the state object given to `wrap`: the
+  trainer's step context, which it updates before every step), so the all-reduced gradient is the
+  mean over the global batch exactly, even for a last batch that does not split evenly.
 - BatchNorm: each rank normalises with its own share's statistics, which is *not* what one process
   with the global batch does; running statistics are averaged over ranks at the end of every epoch.
   `--set sync_bn=true` converts BatchNorm to SyncBatchNorm (global batch statistics), which
@@ -38,12 +39,10 @@ import torch
 
 @dataclass
 class Context:
-    """This process's place in the job. `share` is its fraction of the current global batch, set by
-    the trainer before every step and read by the gradient hook and by methods that all-reduce by hand."""
+    """This process's place in the job."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    share: float = 1.0
 
 
 CTX = Context()
@@ -82,7 +81,7 @@ def init_for_test(rank: int, world_size: int, init_file: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    CTX.rank, CTX.world_size, CTX.local_rank, CTX.share = rank, world_size, rank, 1.0
+    CTX.rank, CTX.world_size, CTX.local_rank = rank, world_size, rank
 
 
 def _shutdown() -> None:
@@ -90,7 +89,7 @@ def _shutdown() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    CTX.rank, CTX.world_size, CTX.local_rank, CTX.share = 0, 1, 0, 1.0
+    CTX.rank, CTX.world_size, CTX.local_rank = 0, 1, 0
 
 
 def shutdown() -> None:
@@ -200,19 +199,23 @@ def is_ddp(model: torch.nn.Module) -> bool:
 
 
 def _weighted_mean_hook(state, bucket):
-    """All-reduce that weights this rank's mean gradient by its share of the global batch, so the
-    result is the global batch's mean gradient (DDP's default divides by the world size, which is
-    the same only when every share has the same size)."""
+    """All-reduce that weights this rank's mean gradient by its share of the global batch
+    (`state.share`), so the result is the global batch's mean gradient (DDP's default divides by the
+    world size, which is the same only when every share has the same size)."""
     import torch.distributed as dist
 
     buf = bucket.buffer()
-    buf.mul_(CTX.share)
+    buf.mul_(state.share)
     fut = dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: torch.device, state: Any) -> torch.nn.Module:
     """DistributedDataParallel around `model` (its parameters are broadcast from rank 0 here).
+
+    `state` is an object with a `share` attribute, this rank's share of the current global batch,
+    which the gradient hook reads at every backward: the trainer passes its step context
+    (suite.methods.base.StepContext) and updates `share` before every step.
 
     Buffers are not synchronised at every forward (one collective per forward pass, and SAM runs
     two): BatchNorm running statistics stay per rank and `average_buffers` averages them once per
@@ -227,20 +230,21 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     ddp = DistributedDataParallel(model, device_ids=ids, **sync)
-    ddp.register_comm_hook(None, _weighted_mean_hook)
+    ddp.register_comm_hook(state, _weighted_mean_hook)
     return ddp
 
 
-def all_reduce_grads_(params) -> None:
-    """Weighted all-reduce of the .grad of `params` (the same list on every rank), by hand: for
-    passes run on the unwrapped model (ESAM's first pass computes the gradient of some tensors only,
-    which DDP's reducer cannot do). One flat buffer, one collective."""
+def all_reduce_grads_(params, share: float) -> None:
+    """Weighted all-reduce of the .grad of `params` (the same list on every rank), each rank's
+    weighted by its `share` of the global batch (the step context's): by hand, for passes run on the
+    unwrapped model (ESAM's first pass computes the gradient of some tensors only, which DDP's
+    reducer cannot do). One flat buffer, one collective."""
     if not active():
         return
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads]).mul_(CTX.share)
+    flat = torch.cat([g.reshape(-1) for g in grads]).mul_(share)
     all_reduce_sum(flat)
     offset = 0
     for g in grads:

@@ -34,49 +34,82 @@ one process.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from suite import distributed as D
-from suite import outcomes, subsets
+from suite import distributed, outcomes, subsets
 from suite.attacks.base import AttackSpec
+from suite.checkpoint import load_eval_state, save_eval_state
+from suite.data.batches import batches_of, eval_batches
 from suite.modalities.base import Adapter
-
-
-def eval_batches(dataset, batch_size: int, collate=None):
-    """Batches in order. In-memory tensors are sliced directly; anything else goes through a DataLoader."""
-    from suite.train import in_memory
-
-    if in_memory(dataset) and collate is None:
-        tensors = dataset.tensors
-        return [tuple(t[i:i + batch_size] for t in tensors) for i in range(0, len(dataset), batch_size)]
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
-def _batches_of(dataset, batch_size: int, collate, wanted: list[int]):
-    """(b, batch) for the batch numbers in `wanted` (increasing), loading only those."""
-    from suite.train import in_memory
-
-    if in_memory(dataset) and collate is None:
-        tensors = dataset.tensors
-        return [(b, tuple(t[b * batch_size:(b + 1) * batch_size] for t in tensors)) for b in wanted]
-    n = len(dataset)
-    sampler = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in wanted]
-    return zip(wanted, DataLoader(dataset, batch_sampler=sampler, collate_fn=collate))
 
 
 def _merged(mine: dict) -> dict:
     """{batch: result} of every rank (each batch is computed by exactly one rank)."""
-    from suite import distributed as D
+    from suite import distributed
 
     out = {}
-    for part in D.gather_objects(mine):
+    for part in distributed.gather_objects(mine):
         out.update(part)
     return out
+
+
+@dataclass
+class Examples:
+    """The evaluated examples: a nested seeded subset of the split, and which of them each attack sees."""
+
+    view: Any                   # the evaluated subset of the dataset, in order
+    total: int                  # the split's size
+    eval_idx: np.ndarray        # positions of the evaluated examples in the split
+    attack_idx: list            # per attack, positions in the split (nested in eval_idx)
+    covers: list                # per attack, a bool mask over the evaluated examples
+    batch_size: int
+    collate: Any = None
+
+    @property
+    def n(self) -> int:
+        return len(self.eval_idx)
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def span(self, b: int) -> tuple[int, int]:
+        """Positions (lo, hi) of batch b among the evaluated examples."""
+        return b * self.batch_size, min(self.n, (b + 1) * self.batch_size)
+
+
+@dataclass
+class AttackJob:
+    """One attack of the suite, as its batches need it."""
+
+    attack: Any                 # the built attack
+    position: int               # its place in the suite (seeds its random starts with the batch)
+    seed: int                   # the evaluation's seed
+    cover: torch.Tensor         # the evaluated examples it runs on
+    done: torch.Tensor          # the examples whose result is saved already (resume)
+    clean: torch.Tensor         # clean per-example statistics
+    clean_score: torch.Tensor   # clean per-example scores (classification: correct = 1)
+
+
+def choose_examples(dataset, attacks: Sequence[AttackSpec], *, n_examples: int, strategy: str, seed: int,
+                    batch_size: int, collate=None) -> Examples:
+    """The evaluated subset (whole split when `n_examples` is 0) and each attack's nested part of it."""
+    total = len(dataset)
+    n_eval = n_examples if n_examples and n_examples < total else total
+    sizes = [n_eval] + [min(spec.n, n_eval) if spec.n else n_eval for spec in attacks]
+    chosen = subsets.nested(dataset, sizes, strategy, seed)
+    eval_idx, attack_idx = chosen[0], chosen[1:]
+    covers = []  # which evaluated examples each attack covers (nested subsets: positions inside eval_idx)
+    for idx in attack_idx:
+        m = torch.zeros(len(eval_idx), dtype=torch.bool)
+        m[torch.as_tensor(np.searchsorted(eval_idx, idx), dtype=torch.long)] = True
+        covers.append(m)
+    return Examples(subsets.subset(dataset, eval_idx), total, eval_idx, attack_idx, covers, batch_size, collate)
 
 
 def evaluate(
@@ -96,122 +129,38 @@ def evaluate(
     checks: bool = True,
     progress: bool = False,
     data_fingerprint: str = "",
+    built: Sequence | None = None,
 ) -> dict[str, Any]:
+    """Clean and attacked statistics of every evaluated example, resumable (see the module docstring).
+    `built`: the attacks already built from `attacks` (a run plan carries them), else built here."""
     model.to(device).eval()
-    built = [spec.build(adapter) for spec in attacks]
-    total = len(dataset)
-    n_eval = n_examples if n_examples and n_examples < total else total
-    sizes = [n_eval] + [min(spec.n, n_eval) if spec.n else n_eval for spec in attacks]
-    chosen = subsets.nested(dataset, sizes, subset_strategy, subset_seed)
-    eval_idx, attack_idx = chosen[0], chosen[1:]
-    view = subsets.subset(dataset, eval_idx)
-    n = len(eval_idx)
-    # which evaluated examples each attack covers (nested subsets: positions inside eval_idx)
-    covers = []
-    for idx in attack_idx:
-        m = torch.zeros(n, dtype=torch.bool)
-        m[torch.as_tensor(np.searchsorted(eval_idx, idx), dtype=torch.long)] = True
-        covers.append(m)
-    key = {"n": n, "indices": subsets.indices_hash(eval_idx), "specs": [repr(a) for a in attacks],
+    built = list(built) if built is not None else [spec.build(adapter) for spec in attacks]
+    ex = choose_examples(dataset, attacks, n_examples=n_examples, strategy=subset_strategy, seed=subset_seed,
+                         batch_size=batch_size, collate=collate)
+    key = {"n": ex.n, "indices": subsets.indices_hash(ex.eval_idx), "specs": [repr(a) for a in attacks],
            "outcomes": outcomes.FORMAT}
-    world, rank = D.world_size(), D.rank()
-    state = D.broadcast_object(_load_state(state_path, key, len(attacks), data_fingerprint) if D.is_main() else None)
+    state = distributed.broadcast_object(load_eval_state(state_path, key, len(attacks), data_fingerprint) if distributed.is_main() else None)
     t0 = time.perf_counter()
-    n_batches = -(-n // batch_size)
-
-    # clean pass (batch b on rank b mod world)
     if state["clean"] is None:
-        parts = {}
-        with torch.no_grad():
-            for b, batch in _batches_of(view, batch_size, collate, list(range(rank, n_batches, world))):
-                batch = adapter.to_device(batch, device)
-                out = adapter.forward(model, batch)
-                pred = adapter.predictions(out)
-                parts[b] = (adapter.example_stats(out, batch).cpu(), None if pred is None else pred.cpu())
-        parts = _merged(parts) if world > 1 else parts
-        order = sorted(parts)
-        state["clean"] = torch.cat([parts[b][0] for b in order]) if parts else torch.zeros(0, dtype=torch.bool)
-        state["predicted"] = (torch.cat([parts[b][1] for b in order])
-                              if parts and parts[order[0]][1] is not None else None)
-        _save_state(state_path, state)
-    clean = state["clean"]
-    clean_score = adapter.example_score(clean)
-
+        state["clean"], state["predicted"] = _clean_pass(model, adapter, ex, device)
+        save_eval_state(state_path, state)
     if checks and built:
         from suite.attacks.sanity import check_model
-        first = next(iter(eval_batches(view, min(batch_size, 64), collate)))
+        first = next(iter(eval_batches(ex.view, min(batch_size, 64), collate)))
         check_model(model, adapter, adapter.to_device(first, device), device)
-
-    # attacks, batch by batch (resumable at batch granularity)
-    for i, attack in enumerate(built):
-        done, stats, extra_acc = state["done"][i], state["stats"][i], state["extra"][i]
-        if stats is None:
-            stats = state["stats"][i] = clean.clone()
-        todo = covers[i] & ~done
-        if not todo.any():
-            continue
-        # the batches that still have examples to attack; each round gives one to every rank
-        pending = [b for b in range(n_batches) if todo[b * batch_size:(b + 1) * batch_size].any()]
-        rounds = [pending[j:j + world] for j in range(0, len(pending), world)]
-        if progress and D.is_main():
-            from tqdm.auto import tqdm
-            rounds = tqdm(rounds, desc=f"attack {attack.label()}", leave=False, dynamic_ncols=True)
-        for group in rounds:
-            results = {}
-            for b, batch in _batches_of(view, batch_size, collate, group[rank:rank + 1]):
-                results[b] = _attack_batch(model, adapter, attack, batch, b, i, seed, device, covers[i], done,
-                                           clean, clean_score, batch_size, n)
-            if world > 1:
-                results = _merged(results)
-            for b in sorted(results):  # in batch order, as one process adds them up
-                lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-                res = results[b]
-                if res is not None:
-                    idx, attacked, extra = res
-                    stats[lo + idx] = attacked
-                    for k, v in extra.items():
-                        extra_acc[k] = extra_acc.get(k, 0.0) + v
-                    state["attacked"][i] += len(idx)
-                done[lo:hi] |= covers[i][lo:hi]
-            _save_state(state_path, state)
-
-    metric = adapter.metric
-    clean_summary = adapter.summarize(clean)
-    per_attack = []
-    for i, (attack, spec) in enumerate(zip(built, attacks)):
-        summary = adapter.summarize(state["stats"][i][covers[i]])
-        entry = {"name": spec.name, "label": attack.label(), "params": dict(attack.p), "value": summary[metric],
-                 "n": int(covers[i].sum()), "attacked": int(state["attacked"][i]),
-                 "subset": subsets.indices_hash(attack_idx[i]), "threat": attack.threat}
-        if set(summary) != {metric}:
-            entry["metrics"] = summary
-        if state["extra"][i]:
-            entry["stats"] = {k: v for k, v in sorted(state["extra"][i].items())}
-        per_attack.append(entry)
-    metrics = {
-        "metric": metric,
-        "n": n,
-        "subset": subsets.describe(subset_strategy, subset_seed, eval_idx, total),
-        "clean": clean_summary[metric],
-        "attacks": per_attack,
-        "worst_case": None,
-        "worst_case_n": 0,
-        "worst_case_threat": outcomes.NORM_BOUNDED,
-        "eval_time_s": time.perf_counter() - t0,  # this session's time (a resumed evaluation counts only its own part)
-    }
-    if set(clean_summary) != {metric}:
-        metrics["clean_metrics"] = clean_summary
-    # the worst case per example within each threat family, never across families
-    families = list(dict.fromkeys(a.threat for a in built))
-    metrics["worst_by_threat"] = [_worst_case(adapter, clean, state, covers,
-                                              [i for i, a in enumerate(built) if a.threat == fam], fam)
-                                  for fam in families]
-    for fam in metrics["worst_by_threat"]:
-        if fam["threat"] == outcomes.NORM_BOUNDED:
-            metrics["worst_case"], metrics["worst_case_n"] = fam["value"], fam["n"]
-            if "metrics" in fam:
-                metrics["worst_case_metrics"] = fam["metrics"]
-    out = _outcomes(adapter, dataset, eval_idx, total, state, covers, built)
+    clean = state["clean"]
+    clean_score = adapter.example_score(clean)
+    for i, attack in enumerate(built):  # batch by batch, resumable at batch granularity
+        if state["stats"][i] is None:
+            state["stats"][i] = clean.clone()
+        job = AttackJob(attack, i, seed, ex.covers[i], state["done"][i], clean, clean_score)
+        _run_attack(model, adapter, job, ex, state, device, progress,
+                    save=lambda: save_eval_state(state_path, state))
+    metrics = _summarize(adapter, attacks, built, ex, state, subsets.describe(subset_strategy, subset_seed,
+                                                                              ex.eval_idx, ex.total))
+    metrics["eval_time_s"] = time.perf_counter() - t0  # this session's time (a resumed evaluation counts only its own part)
+    _add_worst_cases(metrics, adapter, built, ex, state)
+    out = _outcomes(adapter, dataset, ex.eval_idx, ex.total, state, ex.covers, built)
     metrics["outcomes"] = out.to_json()
     # the histogram of clean predictions (examples; pixels for segmentation), so a near-constant model
     # can be told from a robust one
@@ -220,20 +169,114 @@ def evaluate(
     return metrics
 
 
+def _clean_pass(model, adapter, ex: Examples, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Clean per-example statistics and predicted classes (batch b on rank b mod world)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    parts = {}
+    with torch.no_grad():
+        for b, batch in batches_of(ex.view, ex.batch_size, ex.collate, list(range(rank, ex.n_batches, world))):
+            batch = adapter.to_device(batch, device)
+            out = adapter.forward(model, batch)
+            pred = adapter.predictions(out)
+            parts[b] = (adapter.example_stats(out, batch).cpu(), None if pred is None else pred.cpu())
+    parts = _merged(parts) if world > 1 else parts
+    order = sorted(parts)
+    clean = torch.cat([parts[b][0] for b in order]) if parts else torch.zeros(0, dtype=torch.bool)
+    predicted = torch.cat([parts[b][1] for b in order]) if parts and parts[order[0]][1] is not None else None
+    return clean, predicted
+
+
+def _run_attack(model, adapter, job: AttackJob, ex: Examples, state: dict, device, progress: bool, save) -> None:
+    """The batches of one attack not done yet; each round gives one batch to every rank, and the state
+    is saved after each round."""
+    i = job.position
+    stats, extra_acc = state["stats"][i], state["extra"][i]
+    todo = job.cover & ~job.done
+    if not todo.any():
+        return
+    world, rank = distributed.world_size(), distributed.rank()
+    pending = [b for b in range(ex.n_batches) if todo[slice(*ex.span(b))].any()]
+    rounds = [pending[j:j + world] for j in range(0, len(pending), world)]
+    if progress and distributed.is_main():
+        from tqdm.auto import tqdm
+        rounds = tqdm(rounds, desc=f"attack {job.attack.label()}", leave=False, dynamic_ncols=True)
+    for group in rounds:
+        results = {}
+        for b, batch in batches_of(ex.view, ex.batch_size, ex.collate, group[rank:rank + 1]):
+            results[b] = _attack_batch(model, adapter, job, batch, b, ex, device)
+        if world > 1:
+            results = _merged(results)
+        for b in sorted(results):  # in batch order, as one process adds them up
+            lo, hi = ex.span(b)
+            res = results[b]
+            if res is not None:
+                idx, attacked, extra = res
+                stats[lo + idx] = attacked
+                for k, v in extra.items():
+                    extra_acc[k] = extra_acc.get(k, 0.0) + v
+                state["attacked"][i] += len(idx)
+            job.done[lo:hi] |= job.cover[lo:hi]
+        save()
+
+
+def _summarize(adapter, attacks, built, ex: Examples, state: dict, subset: dict) -> dict:
+    """The clean metric and each attack's, on the examples it covered."""
+    metric = adapter.metric
+    clean_summary = adapter.summarize(state["clean"])
+    per_attack = []
+    for i, (attack, spec) in enumerate(zip(built, attacks)):
+        summary = adapter.summarize(state["stats"][i][ex.covers[i]])
+        entry = {"name": spec.name, "label": attack.label(), "params": dict(attack.p), "value": summary[metric],
+                 "n": int(ex.covers[i].sum()), "attacked": int(state["attacked"][i]),
+                 "subset": subsets.indices_hash(ex.attack_idx[i]), "threat": attack.threat}
+        if set(summary) != {metric}:
+            entry["metrics"] = summary
+        if state["extra"][i]:
+            entry["stats"] = {k: v for k, v in sorted(state["extra"][i].items())}
+        per_attack.append(entry)
+    metrics = {
+        "metric": metric,
+        "n": ex.n,
+        "subset": subset,
+        "clean": clean_summary[metric],
+        "attacks": per_attack,
+        "worst_case": None,
+        "worst_case_n": 0,
+        "worst_case_threat": outcomes.NORM_BOUNDED,
+    }
+    if set(clean_summary) != {metric}:
+        metrics["clean_metrics"] = clean_summary
+    return metrics
+
+
+def _add_worst_cases(metrics: dict, adapter, built, ex: Examples, state: dict) -> None:
+    """The worst case per example within each threat family, never across families; the record's
+    `worst_case` is the norm-bounded family's."""
+    families = list(dict.fromkeys(a.threat for a in built))
+    metrics["worst_by_threat"] = [_worst_case(adapter, state["clean"], state, ex.covers,
+                                              [i for i, a in enumerate(built) if a.threat == fam], fam)
+                                  for fam in families]
+    for fam in metrics["worst_by_threat"]:
+        if fam["threat"] == outcomes.NORM_BOUNDED:
+            metrics["worst_case"], metrics["worst_case_n"] = fam["value"], fam["n"]
+            if "metrics" in fam:
+                metrics["worst_case_metrics"] = fam["metrics"]
+
+
 def evaluate_corruptions(model, adapter, folder, items, *, dataset_name: str, batch_size: int, device,
                          n_examples: int = 0, subset_strategy: str = "stratified", subset_seed: int = 0) -> dict:
     """The clean metric under each corruption (CIFAR-10-C style files), on a subset of the corrupted
     test images chosen from their own labels the same way as the evaluation subset (so every method
     sees the same images), and the mean over the corruptions."""
-    from suite.data import corruptions as C
+    from suite.data import corruptions
 
-    labels = C.block_labels(folder, dataset_name)
+    labels = corruptions.block_labels(folder, dataset_name)
     proxy = torch.utils.data.TensorDataset(torch.zeros(len(labels), 0), torch.from_numpy(labels))
     idx = subsets.select(proxy, n_examples, subset_strategy, subset_seed)
     model.to(device).eval()
     rows = []
     for name, severity in items:
-        ds = C.load_corruption(folder, name, severity, idx, dataset=dataset_name)
+        ds = corruptions.load_corruption(folder, name, severity, idx, dataset=dataset_name)
         parts = []
         with torch.no_grad():
             for batch in eval_batches(ds, batch_size):
@@ -280,25 +323,24 @@ def _outcomes(adapter, dataset, eval_idx, total, state, covers, built) -> outcom
                              hist)
 
 
-def _attack_batch(model, adapter, attack, batch, b, i, seed, device, cover, done, clean, clean_score,
-                  batch_size, n):
-    """Attack i on batch b: (positions in the batch, their statistics under attack, extra numbers),
-    or None when no example of the batch is attacked."""
-    lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-    want = cover[lo:hi] & ~done[lo:hi]
+def _attack_batch(model, adapter, job: AttackJob, batch, b: int, ex: Examples, device):
+    """The job's attack on batch b: (positions in the batch, their statistics under attack, extra
+    numbers), or None when no example of the batch is attacked."""
+    lo, hi = ex.span(b)
+    want = job.cover[lo:hi] & ~job.done[lo:hi]
     if adapter.attack_only_correct:
         # classification: a misclassified example is not attacked; it keeps its clean statistics
-        want = want & (clean_score[lo:hi] > 0)
+        want = want & (job.clean_score[lo:hi] > 0)
     # random starts: seeded per (attack, batch), so a resumed (or sharded) evaluation draws the same
     # numbers for the batches it still has to run as an uninterrupted one would
-    torch.manual_seed(seed + 7919 * (i + 1) + 1_000_003 * b)
+    torch.manual_seed(job.seed + 7919 * (job.position + 1) + 1_000_003 * b)
     idx = torch.nonzero(want).flatten()
     if not len(idx):
         return None
     batch = adapter.to_device(batch, device)
     sub = adapter.subset(batch, idx.to(device))
-    res = attack.run(model, sub)
-    attacked = _attacked_stats(model, adapter, sub, res, clean[lo + idx])
+    res = job.attack.run(model, sub)
+    attacked = _attacked_stats(model, adapter, sub, res, job.clean[lo + idx])
     return idx, attacked, {k: float(v) for k, v in (res.extra or {}).items()}
 
 
@@ -314,31 +356,3 @@ def _attacked_stats(model, adapter, batch, res, clean_stats):
         raise RuntimeError(f"attacks on modality {adapter.name!r} must return adversarial inputs")
     # classification, examples that were correct: correct under attack unless the attack succeeded
     return clean_stats & ~res.success.cpu().to(torch.bool)
-
-
-def _load_state(path: Path | None, key: dict, k: int, data_fingerprint: str = "") -> dict:
-    """The saved state of this evaluation, or a fresh one. A state of other data (its data fingerprint
-    differs; the runner refuses such a state in one line before anything runs) is never resumed."""
-    fresh = {"key": key, "clean": None, "predicted": None, "done": [torch.zeros(key["n"], dtype=torch.bool) for _ in range(k)],
-             "stats": [None] * k, "attacked": [0] * k, "extra": [{} for _ in range(k)],
-             "data_fingerprint": data_fingerprint}
-    if path is None or not path.exists():
-        return fresh
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return fresh  # a half-written or foreign state is recomputed, never trusted
-    if not isinstance(state, dict) or state.get("key") != key:
-        return fresh
-    if data_fingerprint and state.setdefault("data_fingerprint", data_fingerprint) != data_fingerprint:
-        return fresh
-    return state
-
-
-def _save_state(path: Path | None, state: dict) -> None:
-    from suite import distributed as D
-
-    if path is None or not D.is_main():  # every rank holds the merged state; rank 0 writes it
-        return
-    from suite.train import atomic_save
-    atomic_save(state, path)

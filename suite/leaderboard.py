@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite import outcomes as O
+from suite import outcomes
 from suite import stats
 from suite.config import Task
 from suite.records import canonical
@@ -96,7 +96,7 @@ def _threat(entry: dict) -> str:
     from suite.plugins import load_builtins
     from suite.registry import ATTACKS
     load_builtins()
-    return ATTACKS.get(entry["name"]).threat if entry.get("name") in ATTACKS else O.NORM_BOUNDED
+    return ATTACKS.get(entry["name"]).threat if entry.get("name") in ATTACKS else outcomes.NORM_BOUNDED
 
 
 def _record_worst(rec: dict) -> tuple[float | None, int]:
@@ -104,7 +104,7 @@ def _record_worst(rec: dict) -> tuple[float | None, int]:
     took it over every attack: that is the norm-bounded one only when every attack was norm-bounded."""
     m = rec["metrics"]
     attacks = m.get("attacks", [])
-    if m.get("worst_case_threat") == O.NORM_BOUNDED or (attacks and all(_threat(a) == O.NORM_BOUNDED
+    if m.get("worst_case_threat") == outcomes.NORM_BOUNDED or (attacks and all(_threat(a) == outcomes.NORM_BOUNDED
                                                                           for a in attacks)):
         return m.get("worst_case"), m.get("worst_case_n", m["n"])
     return None, 0
@@ -168,11 +168,11 @@ class Row:
                     if isinstance(val, (int, float)):
                         self.secondary[a["label"]][key].append(val)
             for fam in m.get("worst_by_threat", []):
-                if fam["threat"] != O.NORM_BOUNDED and fam.get("attacks", 1) > 1:
+                if fam["threat"] != outcomes.NORM_BOUNDED and fam.get("attacks", 1) > 1:
                     self.family_worst[fam["threat"]].append(fam["value"])
             for a in m.get("analysis", []):
                 self.analysis[a["label"]].append(a["value"])
-        self.outcomes = [O.Outcomes.from_json(r["metrics"]["outcomes"]) if r["metrics"].get("outcomes") else None
+        self.outcomes = [outcomes.Outcomes.from_json(r["metrics"]["outcomes"]) if r["metrics"].get("outcomes") else None
                          for r in self.records]
         self.corruptions = [r["metrics"]["corruption_mean"] for r in self.records
                             if r["metrics"].get("corruption_mean") is not None]
@@ -434,7 +434,7 @@ def _details_table(rows: list[Row], metric: str) -> list[str]:
     families = sorted({f for row in rows for f in row.family_worst})
     analyses = _analysis_labels(rows)[1:]
     has_corr = any(row.corruptions for row in rows)
-    head = ["method"] + [f"{lbl} ({row_threat})" if row_threat != O.NORM_BOUNDED else lbl
+    head = ["method"] + [f"{lbl} ({row_threat})" if row_threat != outcomes.NORM_BOUNDED else lbl
                          for lbl, row_threat in ((lbl, _threat_of(rows, lbl)) for lbl in attack_labels)]
     head += [f"worst case ({f})" for f in families] + (["corruption mean"] if has_corr else []) + analyses
     head += ["passes/step"]
@@ -451,7 +451,7 @@ def _details_table(rows: list[Row], metric: str) -> list[str]:
 
 
 def _threat_of(rows: list[Row], label: str) -> str:
-    return next((row.threats[label] for row in rows if label in row.threats), O.NORM_BOUNDED)
+    return next((row.threats[label] for row in rows if label in row.threats), outcomes.NORM_BOUNDED)
 
 
 def _paired_table(rows: list[Row], metric: str, cache: dict) -> list[str]:
@@ -727,7 +727,7 @@ def _budget_curves(rows: list[Row]) -> dict[str, list[tuple[float, str]]]:
     for row in rows:
         for a in row.records[0]["metrics"].get("attacks", []):
             p = a.get("params") or {}
-            if _threat(a) == O.NORM_BOUNDED and isinstance(p.get("eps"), (int, float)) and p.get("norm"):
+            if _threat(a) == outcomes.NORM_BOUNDED and isinstance(p.get("eps"), (int, float)) and p.get("norm"):
                 by_attack[(p["norm"], a["name"])].setdefault(float(p["eps"]), a["label"])
     curves: dict[str, list[tuple[float, str]]] = {}
     for norm in sorted({norm for norm, _ in by_attack}, key=lambda s: (s != "linf", s)):

@@ -123,3 +123,21 @@ def fmt_value(v: Any) -> str:
             return f"{int(round(k))}/255"
         return short
     return str(v)
+
+
+def parse_spec(text: str, *, kind: str, example: str) -> tuple[str, list[tuple[str, str]]]:
+    """'name:key=value,key=value' -> (name, [(key, value), ...]): the spec syntax of attacks and
+    analyses (`kind` and `example` name them in the error)."""
+    text = str(text).strip()
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise UserError(f"{kind} spec {text!r}: expected a name first (example: {example})")
+    params = []
+    if rest:
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UserError(f"{kind} spec {text!r}: expected key=value after ':', got {item!r} "
+                                f"(example: {example})")
+            params.append((key.strip(), value.strip()))
+    return name.strip(), params

@@ -26,10 +26,10 @@ def load_builtins() -> None:
     if _loaded_builtins:
         return
     _loaded_builtins = True
-    import suite.analysis  # noqa: F401  (each subpackage imports its modules, which register)
-    import suite.attacks  # noqa: F401
-    import suite.methods  # noqa: F401
-    import suite.modalities  # noqa: F401
+    import suite.analysis  # each subpackage imports its modules, which register
+    import suite.attacks
+    import suite.methods
+    import suite.modalities
     import tasks
 
     for mod in pkgutil.iter_modules(tasks.__path__):

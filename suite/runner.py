@@ -10,7 +10,6 @@ temporary name and renamed; a failure is recorded only where no complete record 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import resource
 import time
@@ -20,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from suite import subsets
+from suite.analysis.base import AnalysisSpec
 from suite.attacks.base import AttackSpec
 from suite.config import Task, TaskOptions, TrainConfig
 from suite.errors import UserError, did_you_mean
 from suite.methods.base import Method
 from suite.modalities.base import Adapter
-from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
 from suite.plugins import load_builtins
-from suite.registry import ANALYSES, CHECKS, METHODS, MODALITIES, TASKS
+from suite.records import SCHEMA_VERSION, RecordStore, provenance, run_id
+from suite.registry import CHECKS, METHODS, MODALITIES, TASKS
 
 # Planning imports no torch: `plan_run` validates every name, value and path in well under a second,
 # so bad input is refused before the seconds that importing torch takes. Functions that train or
@@ -83,17 +83,19 @@ class RunPlan:
     cfg: TrainConfig
     seed: int
     attacks: list[AttackSpec]
-    analyses: list[tuple[str, dict]]
+    analyses: list[AnalysisSpec]
     corruptions: list[tuple[str, int]]
     options: TaskOptions
     identity: dict
     run_id: str
+    built_attacks: list = dataclasses.field(default_factory=list)   # built and validated from `attacks`
+    built_analyses: list = dataclasses.field(default_factory=list)  # built and validated from `analyses`
 
 
 # Training settings added after runs were first recorded (the speed switches of suite.train): they
 # enter a run's identity only when set away from their defaults, so earlier run ids stay valid.
 LATER_TRAIN_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                      if f.name in ("channels_last", "compile", "sync_bn", "sam_ascent")}
+                      if f.name in ("channels_last", "compile", "sync_bn", "sam_ascent", "eval_split", "val_every")}
 
 
 def train_identity(cfg: TrainConfig) -> dict:
@@ -131,20 +133,6 @@ def _reject_conflicts(method_cls, flags: Mapping[str, Any], sets: Mapping[str, A
                             f"and --set {key}={sets[key]}); give it once")
 
 
-def parse_analysis(text: str) -> tuple[str, dict]:
-    from suite.attacks.base import parse_spec
-    name, items = parse_spec(text, kind="analysis", example="sharpness:rho=0.05")
-    return name, dict(items)
-
-
-def build_analysis(spec: tuple[str, dict], adapter: Adapter):
-    name, params = spec
-    cls = ANALYSES.get(name)
-    if cls.modalities and adapter.name not in cls.modalities:
-        raise UserError(f"analysis {name!r} does not support modality {adapter.name!r}")
-    return cls(adapter, **params)
-
-
 def plan_run(
     task_name: str,
     method_name: str,
@@ -180,16 +168,18 @@ def plan_run(
     specs = [s if isinstance(s, AttackSpec) else AttackSpec.parse(s)
              for s in (task.evaluation if attacks is None else attacks)]
     problems: list[str] = []
-    resolved = []
-    for spec in specs:  # validates every attack now, not after training
+    built = []
+    for spec in specs:  # builds (so validates) every attack now, not after training
         try:
-            resolved.append(spec.resolved(adapter))
+            built.append(spec.build(adapter))
         except UserError as e:
             if not check_needs:
                 raise
             problems.append(str(e))
-    an_specs = [parse_analysis(a) for a in (task.analyses if analyses is None else analyses)]
-    an_resolved = [{"name": name, **build_analysis((name, p), adapter).p} for name, p in an_specs]
+    resolved = [spec.resolved_params(attack) for spec, attack in zip(specs, built)] if len(built) == len(specs) else []
+    an_specs = [AnalysisSpec.parse(a) for a in (task.analyses if analyses is None else analyses)]
+    an_built = [spec.build(adapter) for spec in an_specs]
+    an_resolved = [{"name": spec.name, **analysis.p} for spec, analysis in zip(an_specs, an_built)]
     corr = _plan_corruptions(task, task.corruptions if corruptions is None else corruptions)
     options = options or TaskOptions()
     if check_needs:
@@ -209,7 +199,8 @@ def plan_run(
         identity["analyses"] = an_resolved
     if corr:
         identity["corruptions"] = [f"{n}:{s}" for n, s in corr]
-    return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, corr, options, identity, run_id(identity))
+    return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, corr, options, identity, run_id(identity),
+                   built, an_built)
 
 
 def task_needs(task: Task, options: TaskOptions) -> list[str]:
@@ -250,6 +241,16 @@ def prepare_data(plan: RunPlan):
         check_folder(corruption_folder(plan, plan.options), plan.corruptions, plan.task.corruption_data)
     data, options = build_data(plan.task, plan.options)
     cfg = plan.cfg
+    if (cfg.eval_split == "val" or cfg.val_every) and data.val is None:
+        raise UserError(f"task {plan.task.name} has no validation split, so eval_split=val and val_every are not "
+                        "available for it")
+    if cfg.val_every and data.train_without_val is not None and cfg.eval_split != "val":
+        raise UserError(f"val_every on task {plan.task.name} needs --set eval_split=val: its validation images are "
+                        "held out of the training split only then")
+    if cfg.eval_split == "val":  # choosing a recipe: the test split is not read by this run
+        data.test = data.val
+        if data.train_without_val is not None:
+            data.train = data.train_without_val
     if cfg.train_examples:
         idx = subsets.select(data.train, cfg.train_examples, cfg.train_subset, cfg.subset_seed)
         data.train = subsets.subset(data.train, idx)
@@ -362,13 +363,13 @@ def execute(
     folders it created. Holds the run's lock while it works (waiting for another process that holds
     it); `lock` passes one the caller already holds. `data`: `prepare_data(plan)`'s result, when the
     caller has it already (a sweep reads its data once)."""
-    from suite import distributed as D
+    from suite import distributed
     from suite.files import Created
 
     check_writable_dir(store.root, "--out")
     check_writable_dir(work_dir, "--work-dir")
     work_dir = Path(work_dir)
-    if D.active():
+    if distributed.active():
         return _execute_ranks(plan, store, work_dir=work_dir, device=device, force=force, progress=progress,
                               log=log, data=data)
     data = prepare_data(plan) if data is None else data  # read and checked before anything else
@@ -430,7 +431,7 @@ def check_run(plan: RunPlan, store: RecordStore, work_dir: Path, device, data_fi
     check_free_space(store.root, "--out")
     check_free_space(work_dir, "--work-dir")
     if plan.cfg.sync_bn:
-        from suite.train import check_sync_bn
+        from suite.config import check_sync_bn
         check_sync_bn(device)
     if force:
         return None
@@ -439,8 +440,9 @@ def check_run(plan: RunPlan, store: RecordStore, work_dir: Path, device, data_fi
         return recorded
     run_dir = Path(work_dir) / plan.run_id
     if (run_dir / "checkpoint.pt").exists():
-        from suite.train import read_resume_checkpoint
+        from suite.checkpoint import read_resume_checkpoint
         read_resume_checkpoint(run_dir / "checkpoint.pt", plan.run_id, data_fingerprint, mmap=True)
+    from suite.checkpoint import check_eval_state
     check_eval_state(run_dir / "eval_state.pt", data_fingerprint)
     return None
 
@@ -465,23 +467,6 @@ def check_sweep(plans: list[RunPlan], store: RecordStore, work_dir: Path, device
     return shared
 
 
-def check_eval_state(path: Path, data_fingerprint: str) -> None:
-    """An evaluation state made from other data is refused in one line (an unreadable one is simply
-    recomputed by the evaluation)."""
-    if not path.exists() or not data_fingerprint:
-        return
-    import torch
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001  (recomputed from scratch by evaluate, never trusted)
-        return
-    theirs = state.get("data_fingerprint") if isinstance(state, dict) else None
-    if theirs and theirs != data_fingerprint:
-        raise UserError(f"evaluation state {path} was computed on other data (data fingerprint {theirs}, this data "
-                        f"{data_fingerprint}), so it is not resumed; pass --force to evaluate from scratch on this "
-                        f"data, or another --work-dir")
-
-
 def touch_run(plan: RunPlan, store: RecordStore, work_dir: Path, log: Callable[[str], None]) -> None:
     """When a run is touched (its lock held): temporaries of writers that died are removed from its
     folder, a complete record that a dead writer never renamed becomes the record, and a record that
@@ -499,13 +484,13 @@ def _execute_ranks(plan, store, *, work_dir, device, force, progress, log, data=
     rank 0 runs the checks of `check_run`, holds the run's lock and decides whether it is recorded
     already; every rank trains and evaluates its share (suite.distributed); rank 0 alone logs and
     writes."""
-    from suite import distributed as D
+    from suite import distributed
     from suite.files import Created
 
     data = prepare_data(plan) if data is None else data
     path = store.path(plan.task.name, plan.run_id)
     lock, recorded, error, created = None, None, None, None
-    if D.is_main():
+    if distributed.is_main():
         try:
             recorded = check_run(plan, store, work_dir, device, data[0].fingerprint, force)
             if recorded is None:
@@ -518,17 +503,17 @@ def _execute_ranks(plan, store, *, work_dir, device, force, progress, log, data=
                 recorded = None if force else recorded_run(plan, store, data[0].fingerprint)
         except UserError as e:
             error = str(e)
-    recorded, error = D.broadcast_object((recorded, error))
+    recorded, error = distributed.broadcast_object((recorded, error))
     try:
         if error is not None:
             raise UserError(error)
         if recorded is not None:
-            if D.is_main():
+            if distributed.is_main():
                 log(f"already recorded: {path} (use --force to run again)")
             return recorded
-        quiet = log if D.is_main() else (lambda *args, **kwargs: None)
+        quiet = log if distributed.is_main() else (lambda *args, **kwargs: None)
         return _execute_locked(plan, store, work_dir=Path(work_dir), device=device, force=force,
-                               progress=progress and D.is_main(), log=quiet, data=data)
+                               progress=progress and distributed.is_main(), log=quiet, data=data)
     except UserError:
         if lock is not None:
             lock.release(remove=lock.created)
@@ -543,26 +528,17 @@ def _execute_ranks(plan, store, *, work_dir, device, force, progress, log, data=
 def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data) -> dict:
     import torch
 
-    from suite import distributed as D
-    from suite.evaluate import evaluate
-    from suite.train import atomic_save, train
+    from suite import distributed
+    from suite.checkpoint import atomic_save
+    from suite.train import train
 
     path = store.path(plan.task.name, plan.run_id)
     run_dir = work_dir / plan.run_id
     cfg = plan.cfg
-    record = {
-        "schema": SCHEMA_VERSION, "run_id": plan.run_id, "status": "failed", "error": None,
-        "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
-        "model": plan.identity["model"],
-        # the params that name the run (a later parameter at its default is absent, as in the run id),
-        # so the leaderboard groups a new seed with the records made before that parameter existed
-        "method": {"name": plan.method.name, "params": plan.identity["method_params"], "label": plan.method.label()},
-        "train": plan.identity["train"], "seed": plan.seed,
-        "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
-                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
-                       "corruptions": plan.identity.get("corruptions", [])},
-        "metrics": None, "cost": {}, "provenance": {},
-    }
+    # the params that name the run (a later parameter at its default is absent, as in the run id), so
+    # the leaderboard groups a new seed with the records made before that parameter existed
+    record = new_record(plan, plan.run_id, {"name": plan.method.name, "params": plan.identity["method_params"],
+                                            "label": plan.method.label()}, plan.identity["train"])
     t_start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -573,7 +549,7 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
         notes = list(getattr(model, "suite_notes", []) or [])
         for note in notes:
             log(f"note: {note}")
-        if force and D.is_main() and (run_dir / "checkpoint.pt").exists():
+        if force and distributed.is_main() and (run_dir / "checkpoint.pt").exists():
             (run_dir / "checkpoint.pt").unlink()  # --force means from scratch
             (run_dir / "eval_state.pt").unlink(missing_ok=True)
         log(f"run {plan.run_id}: task {plan.task.name}, {plan.method.label()}, seed {plan.seed}, "
@@ -583,27 +559,21 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
         bars, lines = progress_mode(progress)
         result = train(model, plan.method, plan.adapter, data, cfg, seed=plan.seed, device=device,
                        checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=bars, log=log,
-                       on_epoch_end=epoch_line(plan, log) if lines else None)
-        if D.is_main():  # under torchrun, rank 0 writes every file
+                       on_epoch_end=epoch_line(plan, log) if lines else None,
+                       validate=validation(plan, data, device) if cfg.val_every else None)
+        if distributed.is_main():  # under torchrun, rank 0 writes every file
             atomic_save(model.state_dict(), run_dir / "model.pt")
         if lines:  # a log has no attack progress bars: say what the next stretch is
             log(f"evaluation: clean and {len(plan.attacks)} attack{'' if len(plan.attacks) == 1 else 's'} "
                 f"on {cfg.eval_examples or 'all'} test examples ...")
-        metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size,
-                           device=device, collate=data.collate, state_path=run_dir / "eval_state.pt",
-                           seed=plan.seed, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
-                           subset_seed=cfg.subset_seed, progress=bars, data_fingerprint=data.fingerprint)
-        if plan.corruptions:
-            metrics["corruptions"] = run_corruptions(plan, model, options, device)
-            metrics["corruption_mean"] = metrics["corruptions"]["mean"]
-        if plan.analyses:
-            metrics["analysis"] = run_analyses(plan, model, data, device, log, progress=progress)
+        metrics = evaluate_model(plan, model, data, options, device, state_path=run_dir / "eval_state.pt",
+                                 progress=progress, log=log)
         record["metrics"] = metrics
         record["history"] = result.history
         if notes:
             record["notes"] = notes
-        if plan.task.analyze is not None:
-            record["extra"] = plan.task.analyze(model, options)
+        if plan.task.extra_metrics is not None:
+            record["extra"] = plan.task.extra_metrics(model, options)
         record["status"] = "complete"
         record["cost"] = {
             "wall_time_s": time.perf_counter() - t_start, "train_time_s": result.train_time_s,
@@ -619,13 +589,77 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
         record["error"] = "".join(traceback.format_exception(e))[-4000:]
         record["cost"] = {"wall_time_s": time.perf_counter() - t_start, "device": device_name(device)}
         record["provenance"] = provenance()
-        if D.is_main():
+        if distributed.is_main():
             store.write(record)  # never replaces a complete record (RecordStore.write refuses)
         raise RunFailed(f"run {plan.run_id} failed: {type(e).__name__}: {e} (recorded in {path})") from e
-    if D.is_main():
+    if distributed.is_main():
         store.write(record)
         log(f"recorded {path}")
     return record
+
+
+def validation(plan: RunPlan, data, device):
+    """validate(model, epochs_done) for the training loop: every `val_every` epochs (and after the
+    last), the clean metrics on the validation split, as {"val_<metric>": value, ...}."""
+    from suite.data.batches import eval_batches
+
+    cfg, adapter = plan.cfg, plan.adapter
+
+    def validate(model, epochs_done: int) -> dict:
+        import torch
+
+        if epochs_done % cfg.val_every and epochs_done != cfg.epochs:
+            return {}
+        parts = []
+        with torch.no_grad():
+            for batch in eval_batches(data.val, cfg.eval_batch_size, data.collate):
+                batch = adapter.to_device(batch, device)
+                parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
+        return {f"val_{k}": v for k, v in adapter.summarize(torch.cat(parts)).items()}
+
+    return validate
+
+
+def new_record(plan: RunPlan, rid: str, method: dict, train: dict) -> dict:
+    """A run's record before its metrics: what was run, on which task, and how it is evaluated."""
+    cfg = plan.cfg
+    return {
+        "schema": SCHEMA_VERSION, "run_id": rid, "status": "failed", "error": None,
+        "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
+        "model": plan.identity["model"], "method": method, "train": train, "seed": plan.seed,
+        "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
+                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
+                       "corruptions": plan.identity.get("corruptions", [])},
+        "metrics": None, "cost": {}, "provenance": {},
+    }
+
+
+def evaluate_model(plan: RunPlan, model, data, options, device, *, state_path: Path, progress: bool, log,
+                   corruptions_and_analyses: bool = True) -> dict:
+    """The plan's evaluation of a model (clean and every attack, resumable from `state_path`), then
+    its corruptions and analyses."""
+    from suite.evaluate import evaluate
+
+    cfg = plan.cfg
+    metrics = evaluate(model, plan.adapter, data.test, plan.attacks, built=plan.built_attacks,
+                       batch_size=cfg.eval_batch_size, device=device, collate=data.collate, state_path=state_path,
+                       seed=plan.seed, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
+                       subset_seed=cfg.subset_seed, progress=progress_mode(progress)[0],
+                       data_fingerprint=data.fingerprint)
+    if corruptions_and_analyses:
+        metrics.update(after_evaluation(plan, model, data, options, device, progress=progress, log=log))
+    return metrics
+
+
+def after_evaluation(plan: RunPlan, model, data, options, device, *, progress: bool, log) -> dict:
+    """The corruption benchmark and the analyses of the plan, as metrics entries."""
+    out = {}
+    if plan.corruptions:
+        out["corruptions"] = run_corruptions(plan, model, options, device)
+        out["corruption_mean"] = out["corruptions"]["mean"]
+    if plan.analyses:
+        out["analysis"] = run_analyses(plan, model, data, device, log, progress=progress)
+    return out
 
 
 def run_corruptions(plan: RunPlan, model, options, device) -> dict:
@@ -640,8 +674,7 @@ def run_corruptions(plan: RunPlan, model, options, device) -> dict:
 def run_analyses(plan: RunPlan, model, data, device, log, progress: bool = False) -> list[dict]:
     out = []
     bars, lines = progress_mode(progress)
-    for spec in plan.analyses:
-        analysis = build_analysis(spec, plan.adapter)
+    for spec, analysis in zip(plan.analyses, plan.built_analyses):
         t0 = time.perf_counter()
         log(f"analysis {analysis.label()} ...")
         show = _Progress(f"analysis {analysis.label()}", bars, lines, log)
@@ -651,7 +684,7 @@ def run_analyses(plan: RunPlan, model, data, device, log, progress: bool = False
         finally:
             show.close()
         dt = time.perf_counter() - t0
-        out.append({"name": spec[0], "label": analysis.label(), "params": dict(analysis.p), **res, "time_s": dt})
+        out.append({"name": spec.name, "label": analysis.label(), "params": dict(analysis.p), **res, "time_s": dt})
         if progress:
             log(f"analysis {analysis.label()}: {res['value']:.4g} ({dt:.0f} s)")
     return out
@@ -706,7 +739,7 @@ class _Progress:
 def analyses_cost(plan: RunPlan, n_train: int) -> str:
     """One line said at the start of a run: what the analyses after evaluation will cost against
     the training (in forward-backward passes of one example), and how to skip or shrink them."""
-    built = [build_analysis(spec, plan.adapter) for spec in plan.analyses]
+    built = plan.built_analyses
     names = ", ".join(a.label() for a in built)
     costs = [a.example_passes(n_train) for a in built]
     training = plan.cfg.epochs * n_train * plan.method.cost()
@@ -732,51 +765,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-# --- checkpoints of models the suite did not train -------------------------------------------------
-
-def _shape_report(model: torch.nn.Module, state: dict) -> str:
-    """Which keys and shapes of a state dict differ from the model's, in one line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
-
-    def few(items):
-        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {few(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs model): {few(shapes)}")
-    return "; ".join(parts) or "the state dict does not load"
-
-
-def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    """Accept a suite checkpoint (a dict with 'model') or a plain state dict."""
-    from suite.train import load_checkpoint
-    if not Path(path).is_file():
-        raise UserError(f"checkpoint {path}: no such file")
-    state = load_checkpoint(Path(path))
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path}: not a state dict or suite checkpoint")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"checkpoint {path} does not fit this task's model ({type(model).__name__}): "
-                        f"{_shape_report(model, state)}") from None
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, label: str | None,
                  device: torch.device, work_dir: Path, force: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
@@ -785,8 +773,8 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
     With a store, the result is recorded as a run of the pseudo-method `checkpoint` whose identity is
     the file's sha256 (plus the task, its version and the evaluation), so it appears in the task's
     leaderboard beside trained rows and is skipped when recorded already."""
-    from suite import distributed as D
-    from suite.evaluate import evaluate
+    from suite import distributed
+    from suite.checkpoint import check_eval_state, file_sha256, load_model_weights
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -819,40 +807,23 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
         check_eval_state(state_path, data.fingerprint)
     model = plan.task.build_model(options)
     load_model_weights(model, checkpoint)
-    if force and D.is_main():
+    if force and distributed.is_main():
         state_path.unlink(missing_ok=True)  # --force: evaluated from scratch
     created = Created([state_path.parent] + ([store.root / "records" / plan.task.name / ".locks"] if store else []))
     t0 = time.perf_counter()
     try:
-        metrics = evaluate(model, plan.adapter, data.test, plan.attacks, batch_size=cfg.eval_batch_size,
-                           device=device, collate=data.collate, state_path=state_path, seed=plan.seed,
-                           n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
-                           subset_seed=cfg.subset_seed, progress=progress_mode(progress)[0],
-                           data_fingerprint=data.fingerprint)
+        metrics = evaluate_model(plan, model, data, options, device, state_path=state_path, progress=progress,
+                                 log=log, corruptions_and_analyses=False)
     except UserError:
         created.undo()
         raise
-    if plan.corruptions:
-        metrics["corruptions"] = run_corruptions(plan, model, options, device)
-        metrics["corruption_mean"] = metrics["corruptions"]["mean"]
-    if plan.analyses:
-        metrics["analysis"] = run_analyses(plan, model, data, device, log, progress=progress)
-    record = {
-        "schema": SCHEMA_VERSION, "run_id": rid, "status": "complete", "error": None,
-        "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
-        "model": plan.identity["model"],
-        "method": {"name": "checkpoint", "params": {"file": checkpoint.name, "sha256": digest},
-                   "label": label or f"checkpoint {checkpoint.name}"},
-        "train": {}, "seed": plan.seed,
-        "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
-                       "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
-                       "corruptions": plan.identity.get("corruptions", [])},
-        "metrics": metrics,
-        "cost": {"wall_time_s": time.perf_counter() - t0, "eval_time_s": metrics["eval_time_s"],
-                 "device": device_name(device)},
-        "provenance": provenance(data.fingerprint),
-    }
-    if store is not None and D.is_main():
+    metrics.update(after_evaluation(plan, model, data, options, device, progress=progress, log=log))
+    record = new_record(plan, rid, {"name": "checkpoint", "params": {"file": checkpoint.name, "sha256": digest},
+                                    "label": label or f"checkpoint {checkpoint.name}"}, {})
+    record.update(status="complete", metrics=metrics, provenance=provenance(data.fingerprint),
+                  cost={"wall_time_s": time.perf_counter() - t0, "eval_time_s": metrics["eval_time_s"],
+                        "device": device_name(device)})
+    if store is not None and distributed.is_main():
         lock = RunLock(store, plan.task.name, rid)
         lock.acquire(wait=True)
         try:

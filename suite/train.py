@@ -36,18 +36,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from suite import distributed as D
-from suite.config import DataBundle, TrainConfig
-from suite.errors import UserError, one_line
-from suite.files import atomic_write
-from suite.methods.base import Method
+from suite import distributed
+from suite.checkpoint import atomic_save, read_resume_checkpoint, rng_state, set_rng_state
+from suite.config import DataBundle, TrainConfig, check_sync_bn
+from suite.data.batches import in_memory, tensors_on, train_batches
+from suite.errors import UserError
+from suite.methods.base import Method, StepContext
 from suite.modalities.base import Adapter
 
 POSTFIX_EVERY_S = 1.0      # the progress bar's loss is read (a device sync on GPU) at most this often
 CHECK_FINITE_EVERY = 50    # on GPU, steps between checks that the loss is finite (each check syncs)
-DEVICE_DATA_MAX_BYTES = 2 << 30  # in-memory training sets up to this size are moved to the GPU once
 
 
 def seed_everything(seed: int) -> None:
@@ -112,120 +111,19 @@ class TrainResult:
     world_size: int = 1
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: an interrupt never leaves half a file, and a full
-    disk is one line naming the folder (suite.files)."""
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
-
-
-def load_checkpoint(path: Path, *, resuming: bool = False, mmap: bool = False) -> dict:
-    """`mmap`: map the tensors rather than read them where the file allows it (a cheap look)."""
-    if mmap:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except Exception:  # noqa: BLE001, S110  (read it plainly: that names what is wrong with it, if any)
-            pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file is bad input, reported in one line
-        first = one_line(e)
-        hint = (f"; delete it (rm {path}) or pass --force to train this run from scratch" if resuming else "")
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}{hint}") from None
-
-
-def read_resume_checkpoint(checkpoint: Path, run_id: str, data_fingerprint: str = "", *,
-                           mmap: bool = False) -> dict:
-    """A training checkpoint this run may resume from: readable, of this run, and made from the same
-    data (a checkpoint that predates data fingerprints is taken as it is); else one line saying why.
-    `mmap`: map the tensors instead of reading them (a cheap check before anything runs)."""
-    state = load_checkpoint(checkpoint, resuming=True, mmap=mmap)
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise UserError(f"checkpoint {checkpoint} is not a suite training checkpoint; delete it "
-                        f"(rm {checkpoint}) or pass --force to train this run from scratch")
-    if state.get("run_id") != run_id:
-        raise UserError(f"checkpoint {checkpoint} belongs to run {state.get('run_id')!r}, not "
-                        f"{run_id!r}; move it away or pass another --work-dir")
-    theirs = state.get("data_fingerprint")
-    if theirs and data_fingerprint and theirs != data_fingerprint:
-        raise UserError(f"checkpoint {checkpoint} was trained on other data (data fingerprint {theirs}, "
-                        f"this data {data_fingerprint}), so it is not resumed; pass --force to train "
-                        "this run from scratch on this data, or another --work-dir")
-    return state
-
-
 def _resume_state(checkpoint: Path | None, run_id: str, data_fingerprint: str = "") -> dict | None:
     """The checkpoint to resume from, read and checked by rank 0 and handed to every rank (so a
     node without the file system of rank 0 resumes too); None to start from scratch."""
     state, error = None, None
-    if D.is_main() and checkpoint is not None and checkpoint.exists():
+    if distributed.is_main() and checkpoint is not None and checkpoint.exists():
         try:
             state = read_resume_checkpoint(checkpoint, run_id, data_fingerprint)
         except UserError as e:
             state, error = None, str(e)
-    state, error = D.broadcast_object((state, error))
+    state, error = distributed.broadcast_object((state, error))
     if error is not None:
         raise UserError(error)
     return state
-
-
-def in_memory(dataset) -> bool:
-    """A TensorDataset: batches are cut from its tensors by index, without a per-example DataLoader."""
-    from torch.utils.data import TensorDataset
-    return isinstance(dataset, TensorDataset)
-
-
-def _tensors_on(dataset, device: torch.device) -> tuple:
-    """An in-memory dataset's tensors, moved to a GPU once when they are small enough (so batches
-    are cut on the device and never copied from host memory step by step)."""
-    tensors = dataset.tensors
-    if device.type != "cuda":
-        return tensors
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    free, _ = torch.cuda.mem_get_info(device)
-    if size > min(DEVICE_DATA_MAX_BYTES, free // 4):
-        return tensors
-    return tuple(t.to(device) for t in tensors)
-
-
-def train_batches(dataset, cfg: TrainConfig, generator: torch.Generator, collate, pin: bool, tensors=None):
-    """The epoch's shuffled batches. For in-memory tensors the batches are the ones a DataLoader with
-    RandomSampler(generator) would give (the same torch.randperm), cut by indexing: no per-example
-    __getitem__ and collate, which would cost more than a small model's step (and workers would only
-    add inter-process copies). `tensors` are the dataset's tensors where they already live on the
-    device."""
-    if in_memory(dataset) and collate is None:
-        perm = torch.randperm(len(dataset), generator=generator)
-        tensors = dataset.tensors if tensors is None else tensors
-        perm = perm.to(tensors[0].device)
-        return [tuple(t[perm[i:i + cfg.batch_size]] for t in tensors)
-                for i in range(0, len(dataset), cfg.batch_size)]
-    workers = cfg.num_workers
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                      collate_fn=collate, num_workers=workers, pin_memory=pin, drop_last=False,
-                      prefetch_factor=4 if workers else None)
-
-
-def check_sync_bn(device: torch.device) -> None:
-    """sync_bn=true is refused off CUDA (also with one process), before anything runs."""
-    if device.type != "cuda":
-        raise UserError(f"sync_bn=true needs CUDA (PyTorch's SyncBatchNorm synchronises on GPUs only) and this "
-                        f"run is on {device.type}; drop --set sync_bn=true (each process then normalises with "
-                        "its own share of the batch)")
 
 
 def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -235,20 +133,20 @@ def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
         model.to(memory_format=torch.channels_last)  # conv outputs follow their weights' format
     if cfg.sync_bn:
         check_sync_bn(device)
-    if cfg.sync_bn and D.active():
+    if cfg.sync_bn and distributed.active():
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if converted is not model:
             raise UserError("sync_bn=true: the model is a single BatchNorm layer; nothing to synchronise")
     return model
 
 
-def _attach(method: Method, scaler, cfg: TrainConfig) -> None:
-    """What the trainer hands the method besides the step's arguments (see suite.methods.base)."""
+def step_context(method: Method, scaler, cfg: TrainConfig) -> StepContext:
+    """The StepContext the loop hands the method with every step (see suite.methods.base), once the
+    method is known to work with it; the loop updates its epoch and share."""
     if scaler is not None and not getattr(method, "supports_fp16", False):
         raise UserError(f"method {method.name} does not support amp=fp16 (it has no gradient scaling); "
                         "use amp=bf16 or amp=off")
-    method.scaler = scaler
-    method.ascent_sync = cfg.sam_ascent == "global"
+    return StepContext(scaler=scaler, ascent_sync=cfg.sam_ascent == "global")
 
 
 def _value(v, device: torch.device):
@@ -264,6 +162,28 @@ def _diverged(epoch: int, value) -> UserError:
                      "lower the learning rate (--set lr=...) or the method's budget")
 
 
+@dataclass
+class Loop:
+    """What the loop builds once and every epoch uses."""
+
+    model: torch.nn.Module          # the module itself (checkpointed, evaluated)
+    step_model: torch.nn.Module     # what the method steps: compiled and/or DDP-wrapped
+    method: Method
+    adapter: Adapter
+    data: DataBundle
+    cfg: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    amp_ctx: contextlib.AbstractContextManager
+    amp_mode: str
+    ctx: StepContext
+    steps_per_epoch: int
+    tensors: tuple | None = None    # the training tensors where they already live on the device
+    skip_single: bool = False       # skip a trailing batch of one example (see `build_loop`)
+
+
 def train(
     model: torch.nn.Module,
     method: Method,
@@ -277,15 +197,38 @@ def train(
     run_id: str = "",
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    validate: Callable[[torch.nn.Module, int], dict] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place. Under torchrun every rank calls this with the same arguments; rank 0
-    writes the checkpoint, and every rank ends with the same weights."""
+    writes the checkpoint, and every rank ends with the same weights. `validate(model, epochs_done)`,
+    when given, runs after each epoch (in eval mode, without touching the random streams) and the
+    numbers it returns (none on epochs it skips) join the epoch's history entry."""
     cfg.validate()  # the speed switches (sam_ascent among them) are checked with the rest
-    world, rank = D.world_size(), D.rank()
     seed_everything(seed)
+    loop = build_loop(model, method, adapter, data, cfg, device, log)
+    result = TrainResult(amp=loop.amp_mode, world_size=distributed.world_size())
+    start_epoch = resume(loop, result, checkpoint, run_id, seed, log)
+    show = progress and distributed.is_main()
+    for epoch in range(start_epoch, cfg.epochs):
+        entry = run_epoch(loop, epoch, seed, show)
+        if validate is not None:
+            entry.update(_validated(validate, loop.model, epoch + 1))
+        result.train_time_s += entry["time_s"]
+        result.history.append(entry)
+        if checkpoint is not None:
+            save_checkpoint(loop, result, checkpoint, run_id, epoch + 1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, entry)
+    result.steps = loop.steps_per_epoch * cfg.epochs
+    return result
+
+
+def build_loop(model, method, adapter, data: DataBundle, cfg: TrainConfig, device, log) -> Loop:
+    """The model on the device, the optimizer, the LR schedule, mixed precision, the step context and
+    the DDP wrapper (which broadcasts rank 0's initial weights)."""
     model = _prepare_model(model, cfg, device)
-    if cfg.sync_bn and not D.active() and log is not None:
+    if cfg.sync_bn and not distributed.active() and log is not None:
         log("note: sync_bn=true with one process: there is nothing to synchronise, so BatchNorm stays as it is "
             "(SyncBatchNorm takes effect under torchrun)")
     optimizer = build_optimizer(cfg, model)
@@ -294,116 +237,146 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
     amp_ctx, amp_mode = autocast_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp_mode == "fp16" else None
-    _attach(method, scaler, cfg)
-    result = TrainResult(amp=amp_mode, world_size=world)
-
+    ctx = step_context(method, scaler, cfg)
     step_model = torch.compile(model) if cfg.compile else model
-    if world > 1:
-        step_model = D.wrap(step_model, device)  # broadcasts rank 0's initial weights
-
-    start_epoch = 0
-    state = _resume_state(checkpoint, run_id, data.fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        ranks = state.get("rng_ranks")
-        if ranks is not None and len(ranks) == world:
-            _set_rng_state(ranks[rank])
-        elif rank == 0:
-            _set_rng_state(state["rng"])
-        else:  # resumed with another number of processes: a fresh stream per (rank, epoch)
-            seed_everything(rank_seed(seed * 100_003 + state["epoch"], rank))
-        result.history = state["history"]
-        result.train_time_s = state["train_time_s"]
-        start_epoch = result.resumed_from_epoch = state["epoch"]
-        if log is not None and D.is_main():
-            log(f"resuming from {checkpoint}: epoch {start_epoch} of {cfg.epochs} done "
-                f"({result.train_time_s:.0f} s of training so far)")
-    elif rank > 0:
-        seed_everything(rank_seed(seed, rank))
-
-    pin = device.type == "cuda"
-    tensors = _tensors_on(data.train, device) if in_memory(data.train) and data.collate is None else None
+    if distributed.world_size() > 1:
+        step_model = distributed.wrap(step_model, device, ctx)
+    tensors = tensors_on(data.train, device) if in_memory(data.train) and data.collate is None else None
     # A trailing batch of one example is skipped (its scheduler step kept) when the model normalises
     # with BatchNorm: training-mode BatchNorm cannot normalise one value per channel, which is what a
     # pooled branch (DeepLabv3's ASPP image pooling) sees, and one example's statistics would be noise.
     skip_single = len(data.train) > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                               for m in model.modules())
-    show = progress and D.is_main()
-    for epoch in range(start_epoch, cfg.epochs):
-        step_model.train()
-        method.epoch = epoch
-        # Shuffling (and worker seeds) from a generator seeded by (seed, epoch): resumable, and the
-        # same global batches on every rank.
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = train_batches(data.train, cfg, gen, data.collate, pin=pin, tensors=tensors)
-        aug_gen = torch.Generator(device=device).manual_seed(seed * 100_019 + epoch)
-        bar = _progress(loader, show, f"epoch {epoch + 1}/{cfg.epochs} {method.name}")
-        t0 = time.perf_counter()
-        seen, loss_sum, acc_sum, shown = 0, 0.0, 0.0, t0
-        for i, batch in enumerate(bar):
-            batch = adapter.to_device(batch, device)
-            if skip_single and adapter.batch_size(batch) == 1:
-                scheduler.step()
-                continue
-            if data.train_transform is not None:
-                batch = data.train_transform(batch, aug_gen)
-            if world > 1:  # augment the global batch (same draws everywhere), keep this rank's share
-                n_global = adapter.batch_size(batch)
-                index = D.shard_index(n_global, device)
-                if index is None:
-                    scheduler.step()  # too few examples to give every rank one: skipped everywhere
-                    continue
-                batch = adapter.subset(batch, index)
-                D.CTX.share = len(index) / n_global
-            with amp_ctx:
-                stats = method.train_step(step_model, batch, optimizer, adapter)
-            scheduler.step()
-            n = adapter.batch_size(batch)
-            seen += n
-            loss = _value(stats["loss"], device)
-            loss_sum = loss_sum + loss * n
-            acc_sum = acc_sum + _value(stats.get("acc", float("nan")), device) * n
-            if isinstance(loss, float):
-                if not math.isfinite(loss):
-                    raise _diverged(epoch, loss)
-            elif (i + 1) % CHECK_FINITE_EVERY == 0 and not math.isfinite(float(loss_sum)):
-                raise _diverged(epoch, float(loss_sum))
-            if show and time.perf_counter() - shown >= POSTFIX_EVERY_S:
-                shown = time.perf_counter()
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", ex_per_s=f"{seen / (shown - t0):.0f}",
-                                refresh=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        totals = [float(loss_sum), float(acc_sum), float(seen)]
-        if world > 1:  # the epoch's statistics over the global batches; one BatchNorm state for all
-            totals = D.all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=_comm(device))).tolist()
-            D.average_buffers(model)
-        if not math.isfinite(totals[0]):
-            raise _diverged(epoch, totals[0])
-        result.train_time_s += dt
-        entry = {"epoch": epoch + 1, "loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2],
-                 "lr": optimizer.param_groups[0]["lr"], "time_s": dt}
-        result.history.append(entry)
-        if checkpoint is not None:
-            rngs = D.gather_objects(_rng_state())
-            if D.is_main():
-                atomic_save({
-                    "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rngs[0], "rng_ranks": rngs, "world_size": world,
-                    "history": result.history, "train_time_s": result.train_time_s,
-                    "data_fingerprint": data.fingerprint,
-                }, checkpoint)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, entry)
-    result.steps = steps_per_epoch * cfg.epochs
-    return result
+    return Loop(model, step_model, method, adapter, data, cfg, device, optimizer, scheduler, scaler, amp_ctx,
+                amp_mode, ctx, steps_per_epoch, tensors, skip_single)
+
+
+def resume(loop: Loop, result: TrainResult, checkpoint: Path | None, run_id: str, seed: int, log) -> int:
+    """Load the checkpoint this run may resume from (weights, optimizer, schedule, scaler, random
+    streams, history); returns the epoch to start at (0 without one)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    state = _resume_state(checkpoint, run_id, loop.data.fingerprint)
+    if state is None:
+        if rank > 0:
+            seed_everything(rank_seed(seed, rank))
+        return 0
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    if loop.scaler is not None and state.get("scaler"):
+        loop.scaler.load_state_dict(state["scaler"])
+    ranks = state.get("rng_ranks")
+    if ranks is not None and len(ranks) == world:
+        set_rng_state(ranks[rank])
+    elif rank == 0:
+        set_rng_state(state["rng"])
+    else:  # resumed with another number of processes: a fresh stream per (rank, epoch)
+        seed_everything(rank_seed(seed * 100_003 + state["epoch"], rank))
+    result.history = state["history"]
+    result.train_time_s = state["train_time_s"]
+    result.resumed_from_epoch = state["epoch"]
+    if log is not None and distributed.is_main():
+        log(f"resuming from {checkpoint}: epoch {state['epoch']} of {loop.cfg.epochs} done "
+            f"({result.train_time_s:.0f} s of training so far)")
+    return state["epoch"]
+
+
+def run_epoch(loop: Loop, epoch: int, seed: int, show: bool) -> dict:
+    """One epoch of steps; its history entry (mean loss and accuracy over the global batches, the LR
+    at its end, its time)."""
+    cfg, device, adapter, world = loop.cfg, loop.device, loop.adapter, distributed.world_size()
+    loop.step_model.train()
+    loop.ctx.epoch = epoch
+    # Shuffling (and worker seeds) from a generator seeded by (seed, epoch): resumable, and the same
+    # global batches on every rank.
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    loader = train_batches(loop.data.train, cfg, gen, loop.data.collate, pin=device.type == "cuda",
+                           tensors=loop.tensors)
+    aug_gen = torch.Generator(device=device).manual_seed(seed * 100_019 + epoch)
+    bar = _progress(loader, show, f"epoch {epoch + 1}/{cfg.epochs} {loop.method.name}")
+    t0 = time.perf_counter()
+    seen, loss_sum, acc_sum, shown = 0, 0.0, 0.0, t0
+    for i, batch in enumerate(bar):
+        batch = _step_batch(loop, batch, aug_gen)
+        if batch is None:
+            loop.scheduler.step()  # a skipped batch keeps its place in the schedule
+            continue
+        with loop.amp_ctx:
+            stats = loop.method.train_step(loop.step_model, batch, loop.optimizer, adapter, loop.ctx)
+        loop.scheduler.step()
+        n = adapter.batch_size(batch)
+        seen += n
+        loss = _value(stats["loss"], device)
+        loss_sum = loss_sum + loss * n
+        acc_sum = acc_sum + _value(stats.get("acc", float("nan")), device) * n
+        if isinstance(loss, float):
+            if not math.isfinite(loss):
+                raise _diverged(epoch, loss)
+        elif (i + 1) % CHECK_FINITE_EVERY == 0 and not math.isfinite(float(loss_sum)):
+            raise _diverged(epoch, float(loss_sum))
+        if show and time.perf_counter() - shown >= POSTFIX_EVERY_S:
+            shown = time.perf_counter()
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", ex_per_s=f"{seen / (shown - t0):.0f}",
+                            refresh=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    totals = [float(loss_sum), float(acc_sum), float(seen)]
+    if world > 1:  # the epoch's statistics over the global batches; one BatchNorm state for all
+        totals = distributed.all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=_comm(device))).tolist()
+        distributed.average_buffers(loop.model)
+    if not math.isfinite(totals[0]):
+        raise _diverged(epoch, totals[0])
+    return {"epoch": epoch + 1, "loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2],
+            "lr": loop.optimizer.param_groups[0]["lr"], "time_s": dt}
+
+
+def _step_batch(loop: Loop, batch, aug_gen):
+    """The batch a step trains on: on the device, augmented, and under several processes this rank's
+    share of the global batch (the share is set on the step context); None when it is skipped."""
+    adapter = loop.adapter
+    batch = adapter.to_device(batch, loop.device)
+    if loop.skip_single and adapter.batch_size(batch) == 1:
+        return None
+    if loop.data.train_transform is not None:
+        batch = loop.data.train_transform(batch, aug_gen)
+    if distributed.world_size() > 1:  # augment the global batch (same draws everywhere), keep this rank's share
+        n_global = adapter.batch_size(batch)
+        index = distributed.shard_index(n_global, loop.device)
+        if index is None:
+            return None  # too few examples to give every rank one: skipped everywhere
+        batch = adapter.subset(batch, index)
+        loop.ctx.share = len(index) / n_global
+    return batch
+
+
+def _validated(validate: Callable[[torch.nn.Module, int], dict], model: torch.nn.Module, epochs_done: int) -> dict:
+    """validate(model, epochs_done) in eval mode, leaving the random streams and the mode as they were;
+    its time is reported apart from training time."""
+    t0 = time.perf_counter()
+    was_training = model.training
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            out = dict(validate(model, epochs_done))
+        finally:
+            model.train(was_training)
+    return {**out, "val_time_s": time.perf_counter() - t0} if out else {}
+
+
+def save_checkpoint(loop: Loop, result: TrainResult, path: Path, run_id: str, epochs_done: int) -> None:
+    """Everything a resumed run needs to reproduce this one; rank 0 writes it."""
+    rngs = distributed.gather_objects(rng_state())
+    if distributed.is_main():
+        atomic_save({
+            "run_id": run_id, "epoch": epochs_done, "model": loop.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict(),
+            "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
+            "rng": rngs[0], "rng_ranks": rngs, "world_size": distributed.world_size(),
+            "history": result.history, "train_time_s": result.train_time_s,
+            "data_fingerprint": loop.data.fingerprint,
+        }, path)
 
 
 def _comm(device: torch.device) -> torch.device:

@@ -27,8 +27,9 @@ otherwise (the run records a notice); `--model mobilenet_v2:scratch` asks for sc
 """
 from __future__ import annotations
 
-from suite.config import DataBundle, Task, TaskOptions, TrainConfig
+from suite.config import DataBundle, Task, TaskOptions
 from suite.registry import TASKS
+from tasks.voc import segmentation_recipe  # the paper's segmentation recipe, sized for a CPU here
 
 SIZE = (240, 180)          # (width, height) every image is resized to when loaded
 CROP = (128, 128)          # training crop (height, width)
@@ -62,9 +63,13 @@ def build_data(options: TaskOptions) -> DataBundle:
         camvid_pairs(root, split)
     x_train, m_train = load_camvid(root, "train", SIZE)
     x_test, m_test = load_camvid(root, "test", SIZE)
+    val = None
+    if (root / "val").is_dir():  # SegNet's 101 val images, for choosing a recipe (--set eval_split=val)
+        val = SegmentationDataset(*load_camvid(root, "val", SIZE))
     return DataBundle(
         train=SegmentationDataset(x_train, m_train),
         test=SegmentationDataset(x_test, m_test),
+        val=val,
         train_transform=BatchAugment(JointAugment(crop=CROP, scale=SCALE, flip=True)),
         fingerprint=array_fingerprint(x_train, m_train, x_test, m_test),
     )
@@ -84,10 +89,7 @@ TASKS.register("camvid", Task(
     description="CamVid 11-class road scenes at 240x180, DeepLabV3-MobileNetV2 (OS 16); the CPU segmentation task",
     build_data=build_data,
     build_model=build_model,
-    recipe=TrainConfig(epochs=20, batch_size=8, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                       schedule="poly", poly_power=0.9,
-                       train_subset="random", eval_subset="random",  # masks, not one label per image
-                       eval_batch_size=8),
+    recipe=segmentation_recipe(20, batch_size=8, eval_batch_size=8),
     method_defaults={
         "sam": {"rho": 0.05},
         "asam": {"rho": 0.5},

@@ -228,6 +228,7 @@ def build_data(options: TaskOptions) -> DataBundle:
     return DataBundle(
         train=TextDataset(*splits["train"]),
         test=TextDataset(*splits["test"]),
+        val=TextDataset(*splits["validation"]),  # for choosing a recipe (--set eval_split=val)
         collate=TextCollate(tokenizer, MAX_LENGTH),
         fingerprint=fingerprint(splits),
     )

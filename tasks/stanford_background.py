@@ -18,14 +18,15 @@ time. A GPU task. `--model` as for `camvid`.
 """
 from __future__ import annotations
 
-from suite.config import DataBundle, Task, TaskOptions, TrainConfig
+from suite.config import DataBundle, Task, TaskOptions
 from suite.registry import TASKS
-from tasks.voc import EVALUATION, METHOD_DEFAULTS  # the paper's segmentation protocol, as on VOC
+from tasks.voc import EVALUATION, METHOD_DEFAULTS, segmentation_recipe  # the paper's protocol, as on VOC
 
 CROP = (240, 240)
 SCALE = (0.5, 2.0)
 TRAIN_FRACTION = 0.8
 SPLIT_SEED = 0
+VAL_FRACTION = 0.15  # of the training images, held out for choosing a recipe (--set eval_split=val)
 
 
 def build_data(options: TaskOptions) -> DataBundle:
@@ -34,6 +35,7 @@ def build_data(options: TaskOptions) -> DataBundle:
         SegmentationDataset,
         array_fingerprint,
         find_stanford,
+        holdout,
         load_stanford,
         pad_collate,
         stanford_pairs,
@@ -43,11 +45,14 @@ def build_data(options: TaskOptions) -> DataBundle:
     pairs = stanford_pairs(find_stanford(options.data_dir))  # every label file present, before decoding
     images, masks = load_stanford(pairs)
     train, test = stanford_split(len(pairs), TRAIN_FRACTION, SPLIT_SEED)
+    fit, val = holdout(train, VAL_FRACTION, SPLIT_SEED)
     pick = lambda seq, idx: [seq[i] for i in idx]
+    augment = JointAugment(crop=CROP, scale=SCALE, flip=True)
     return DataBundle(
-        train=SegmentationDataset(pick(images, train), pick(masks, train),
-                                  augment=JointAugment(crop=CROP, scale=SCALE, flip=True)),
+        train=SegmentationDataset(pick(images, train), pick(masks, train), augment=augment),
         test=SegmentationDataset(pick(images, test), pick(masks, test)),
+        val=SegmentationDataset(pick(images, val), pick(masks, val)),
+        train_without_val=SegmentationDataset(pick(images, fit), pick(masks, fit), augment=augment),
         collate=pad_collate,
         fingerprint=array_fingerprint(*images, *masks, train),
     )
@@ -67,10 +72,7 @@ TASKS.register("stanford_background", Task(
     description="Stanford Background (572/143 seeded split), DeepLabV3-MobileNetV2 (OS 16), crop 240; the paper's task, GPU",
     build_data=build_data,
     build_model=build_model,
-    recipe=TrainConfig(epochs=834, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                       schedule="poly", poly_power=0.9,
-                       train_subset="random", eval_subset="random",  # masks, not one label per image
-                       eval_batch_size=1),
+    recipe=segmentation_recipe(834),
     method_defaults=METHOD_DEFAULTS,
     evaluation=EVALUATION,
     headline=("worst_case",),

@@ -221,7 +221,7 @@ def build_model(options: TaskOptions):
     return LinearLogit(D + 1)
 
 
-def analyze(model, options: TaskOptions) -> dict:
+def extra_metrics(model, options: TaskOptions) -> dict:
     """The learned reliance on the robust feature, beside the closed forms the task fixes."""
     w = model.linear.weight.detach().double().cpu().flatten()
     w1, rest = float(w[0]), w[1:]
@@ -409,5 +409,5 @@ TASKS.register("toy_features", Task(
     },
     report=report,
     perturbable=(False,) + (True,) * D,   # x1 is the robust feature: attacks never touch it
-    analyze=analyze,
+    extra_metrics=extra_metrics,
 ))

@@ -83,11 +83,13 @@ def build_model(options: TaskOptions):
     return build_deeplabv3(21, options.model)
 
 
-def _recipe(epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                       schedule="poly", poly_power=0.9,
-                       train_subset="random", eval_subset="random",  # masks, not one label per image
-                       eval_batch_size=1)
+def segmentation_recipe(epochs: int, *, batch_size: int = 16, eval_batch_size: int = 1) -> TrainConfig:
+    """The paper's segmentation recipe (DeepLab's): SGD lr 0.01, momentum 0.9, weight decay 1e-4, poly
+    schedule with power 0.9; subsets drawn at random (masks, not one label per image). The segmentation
+    tasks differ only in epochs and batch sizes."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9,
+                       weight_decay=1e-4, schedule="poly", poly_power=0.9,
+                       train_subset="random", eval_subset="random", eval_batch_size=eval_batch_size)
 
 
 for _name, _list, _epochs, _what in (("voc", "train", 326, "1,464 train images"),
@@ -100,7 +102,7 @@ for _name, _list, _epochs, _what in (("voc", "train", 326, "1,464 train images")
         description=f"PASCAL VOC 2012 ({_what}; val 1,449), DeepLabV3-MobileNetV2 (OS 16), crop 513; GPU",
         build_data=_builder(_list),
         build_model=build_model,
-        recipe=_recipe(_epochs),
+        recipe=segmentation_recipe(_epochs),
         method_defaults=METHOD_DEFAULTS,
         evaluation=EVALUATION,
         headline=("worst_case",),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fit
 
 from suite.plugins import load_builtins
 
@@ -44,9 +45,13 @@ def digits():
     x, y = data.train.tensors
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), data.test
+    return fit(model, lambda m: F.cross_entropy(m(x), y), steps=150, lr=1e-2), data.test
+
+
+@pytest.fixture
+def cache_in_tmp(tmp_path, monkeypatch):
+    """The suite's caches (decoded images, the record of checked segmentation pairs) go to this test's
+    folder, never the user's, and nothing is downloaded. A file that reads datasets uses it for every
+    test: `pytestmark = pytest.mark.usefixtures("cache_in_tmp")`."""
+    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SUITE_DOWNLOAD", raising=False)

@@ -36,11 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = "mobilenet_v2:scratch"  # segmentation tasks: no pretrained weights needed
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """Decoded images and the record of checked pairs go to this test's folder."""
-    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SUITE_DOWNLOAD", raising=False)
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")  # caches in tmp_path, no downloads (conftest)
 
 
 def listing(*roots: Path) -> dict:
@@ -403,7 +399,7 @@ def test_a_file_system_already_full_is_refused_before_anything(capsys, tmp_path,
 def test_atomic_write_reports_the_cause_torch_save_hides(tmp_path, monkeypatch):
     """torch.save turns a failed write into `RuntimeError: [enforce fail at inline_container.cc]
     unexpected pos ...`; the suite reports the full disk and leaves no temporary behind."""
-    from suite.train import atomic_save
+    from suite.checkpoint import atomic_save
 
     monkeypatch.setattr(suite.files, "_open", FullDisk(tmp_path, room=100))
     with pytest.raises(suite.files.DiskFull, match=f"no space left on device in {tmp_path}"):

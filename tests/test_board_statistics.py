@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from suite import outcomes as O
+from suite import outcomes
 from suite import stats
 from suite.attacks.base import Attack, AttackResult, AttackSpec
 from suite.evaluate import evaluate
@@ -90,10 +90,10 @@ def test_segmentation_counts_give_the_adapters_metrics_and_a_paired_miou_test():
     from suite.modalities.segmentation import Segmentation
     counts = Segmentation().outcome_array(cm)
     want = metrics_from_confusion(cm.sum(0))
-    got = O.seg_metrics(counts)
+    got = outcomes.seg_metrics(counts)
     for key in ("mIoU", "pixel_accuracy", "mean_class_accuracy"):
         assert got[key] == pytest.approx(want[key])
-    assert O.example_score("class_counts", counts) == pytest.approx(Segmentation().example_score(cm).double().numpy())
+    assert outcomes.example_score("class_counts", counts) == pytest.approx(Segmentation().example_score(cm).double().numpy())
     d = stats.paired_difference("class_counts", counts[None], counts[None])
     assert (d.value, d.low, d.high) == (0.0, 0.0, 0.0)
 
@@ -139,10 +139,10 @@ def test_worst_case_ignores_another_threat_family_that_breaks_every_example(digi
     fams = {f["threat"]: f for f in m["worst_by_threat"]}
     assert fams["test family"]["value"] == 0.0 and fams["norm-bounded"]["value"] == m["worst_case"]
     # the outcomes reproduce every number, and the worst case per example
-    out = O.Outcomes.from_json(m["outcomes"])
+    out = outcomes.Outcomes.from_json(m["outcomes"])
     assert out.n == 200 and len(out.index) == 200 and out.split_size == len(test)
     cover, worst = out.column(WORST)
-    assert cover.sum() == 100 and O.metric_value("correct", worst[cover]) == pytest.approx(m["worst_case"])
+    assert cover.sum() == 100 and outcomes.metric_value("correct", worst[cover]) == pytest.approx(m["worst_case"])
     assert sum(m["predictions"]["histogram"]) == 200 and len(m["predictions"]["histogram"]) == 10
     with torch.no_grad():
         x, y = test.tensors[0][out.index], test.tensors[1][out.index]
@@ -176,9 +176,9 @@ def test_outcomes_are_validated_when_written_and_loaded(digits, tmp_path):
     assert len(json.dumps(m["outcomes"])) < 1500  # compact: packed bits
     # one flipped outcome no longer gives the stated accuracy: refused on write and on load
     bad = copy.deepcopy(rec)
-    clean = O.decode(bad["metrics"]["outcomes"]["clean"])
+    clean = outcomes.decode(bad["metrics"]["outcomes"]["clean"])
     clean[0] = not clean[0]
-    bad["metrics"]["outcomes"]["clean"] = O.encode(clean)
+    bad["metrics"]["outcomes"]["clean"] = outcomes.encode(clean)
     with pytest.raises(RecordError, match="outcomes give clean"):
         store.write(bad)
     path.write_text(json.dumps(bad))
@@ -203,7 +203,7 @@ def _board_records(rng, n=1000):
     index = np.arange(n)
 
     def metrics(clean, attacked, predicted):
-        out = O.Outcomes("correct", n, index, clean, predicted, [("PGD-10 linf 2/255", "norm-bounded",
+        out = outcomes.Outcomes("correct", n, index, clean, predicted, [("PGD-10 linf 2/255", "norm-bounded",
                                                                  np.ones(n, dtype=bool), attacked)],
                          np.bincount(labels, minlength=2))
         return {"metric": "accuracy", "n": n, "clean": 100 * clean.mean(), "attacks": [
@@ -264,3 +264,4 @@ def test_headline_is_the_task_s_attack_spec_else_the_worst_case():
 def test_plot_axes_stay_inside_zero_to_hundred():
     assert _limits([99.5]) == (97.5, 100.0)
     assert _limits([0.5, 1.0]) == (0.0, 3.0)
+

@@ -95,11 +95,11 @@ def evaluate_model(model, state_path: Path | None = None) -> dict:
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
-    from suite import distributed as D
+    from suite import distributed
 
     torch.set_num_threads(1)
     os.environ.update({k: v for k, v in LOOPBACK.items() if k not in os.environ})
-    D.init_for_test(rank, world, init_file)
+    distributed.init_for_test(rank, world, init_file)
     try:
         out = Path(out)
         result = {}
@@ -115,7 +115,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         result["eval"] = evaluate_model(result_model("sam", result), state_path=out / f"eval_state_{world}.pt")
         torch.save(result, out / f"rank{rank}.pt")
     finally:
-        D.shutdown()
+        distributed.shutdown()
 
 
 def result_model(name, result):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fit
 from reference import accuracy, clean_correct
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
@@ -146,12 +147,7 @@ def digits_cnn():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                           nn.Flatten(), nn.Linear(16 * 64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(120):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), data.test
+    return fit(model, lambda m: F.cross_entropy(m(x), y), steps=120, lr=3e-3), data.test
 
 
 def test_l2_pgd_is_never_weaker_than_the_reference_implementation(digits_cnn):
@@ -184,10 +180,7 @@ def test_the_old_uniform_in_ball_start_was_weaker(digits_cnn):
 
 def test_restarts_only_add_broken_examples(digits_cnn):
     model, test = digits_cnn
-    x, y = test.tensors
-    with torch.no_grad():
-        keep = model(x).argmax(1) == y
-    x, y = x[keep], y[keep]
+    x, y = clean_correct(model, test)
 
     def robust(spec):
         torch.manual_seed(7)  # the first restart draws the same start in both runs

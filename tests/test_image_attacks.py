@@ -14,7 +14,7 @@ from suite.attacks.base import AttackSpec
 from suite.attacks.cw import cw_loss, cw_margin
 from suite.attacks.sanity import check_model
 from suite.attacks.stadv import flow_smoothness, warp
-from suite.data import corruptions as C
+from suite.data import corruptions
 from suite.errors import UserError
 from suite.evaluate import evaluate
 from suite.modalities.image import ImageClassification
@@ -344,7 +344,7 @@ def write_cifar_c(folder, names=("fog", "snow"), h=5, w=6):
 
 def test_load_corruption_slices_the_severity_block(tmp_path):
     arrays, _ = write_cifar_c(tmp_path)
-    ds = C.load_corruption(tmp_path, "fog", 3)
+    ds = corruptions.load_corruption(tmp_path, "fog", 3)
     x, y = ds.tensors
     assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape == (PER_SEVERITY, 3, 5, 6)
     expected = torch.from_numpy(arrays["fog"][8:12]).permute(0, 3, 1, 2)
@@ -352,8 +352,8 @@ def test_load_corruption_slices_the_severity_block(tmp_path):
     assert x[0, 1, 2, 3].item() == 8 * 4 + 1  # row 8 of the file (severity 3, first image), channel 1
     assert x[0, 0, 0, 1].item() == 255 and x[0, 0, 1, 0].item() == 8 * 4  # H and W not swapped
     assert y.tolist() == [3, 1, 4, 1]
-    assert C.block_labels(tmp_path).tolist() == [3, 1, 4, 1]
-    xs, ys = C.load_corruption(tmp_path, "snow", 5, indices=[2, 0]).tensors
+    assert corruptions.block_labels(tmp_path).tolist() == [3, 1, 4, 1]
+    xs, ys = corruptions.load_corruption(tmp_path, "snow", 5, indices=[2, 0]).tensors
     assert torch.equal(xs, torch.from_numpy(arrays["snow"][[18, 16]]).permute(0, 3, 1, 2))
     assert ys.tolist() == [4, 3]
     # the adapter turns the uint8 images into [0, 1] floats
@@ -365,53 +365,54 @@ def test_load_corruption_memory_maps(tmp_path, monkeypatch):
     write_cifar_c(tmp_path)
     modes = []
     real = np.load
-    monkeypatch.setattr(C.np, "load", lambda *a, **k: modes.append(k.get("mmap_mode")) or real(*a, **k))
-    C.load_corruption(tmp_path, "fog", 1, indices=[0])
+    monkeypatch.setattr(corruptions.np, "load", lambda *a, **k: modes.append(k.get("mmap_mode")) or real(*a, **k))
+    corruptions.load_corruption(tmp_path, "fog", 1, indices=[0])
     assert modes and all(m == "r" for m in modes)
 
 
 def test_corruption_specs():
-    assert len(C.KNOWN) == 19 and len(C.BENCHMARK) == 15 and len(set(C.KNOWN)) == 19
-    assert C.parse_spec("paper") == [(n, 3) for n in ("brightness", "fog", "frost", "gaussian_blur",
-                                                       "impulse_noise", "jpeg_compression", "shot_noise", "snow",
-                                                       "speckle_noise")]
-    assert len(C.parse_spec("all")) == 75 and C.parse_spec("all:3") == [(n, 3) for n in C.BENCHMARK]
-    assert C.parse_spec("fog") == [("fog", s) for s in range(1, 6)]
-    assert C.parse_spec("fog:3, snow:1,fog:3") == [("fog", 3), ("snow", 1)]
-    assert C.parse_spec(["saturate:2", "spatter:5"]) == [("saturate", 2), ("spatter", 5)]
+    assert len(corruptions.KNOWN) == 19 and len(corruptions.BENCHMARK) == 15 and len(set(corruptions.KNOWN)) == 19
+    assert corruptions.parse_spec("paper") == [(n, 3) for n in ("brightness", "fog", "frost", "gaussian_blur",
+                                                                 "impulse_noise", "jpeg_compression", "shot_noise",
+                                                                 "snow", "speckle_noise")]
+    assert len(corruptions.parse_spec("all")) == 75
+    assert corruptions.parse_spec("all:3") == [(n, 3) for n in corruptions.BENCHMARK]
+    assert corruptions.parse_spec("fog") == [("fog", s) for s in range(1, 6)]
+    assert corruptions.parse_spec("fog:3, snow:1,fog:3") == [("fog", 3), ("snow", 1)]
+    assert corruptions.parse_spec(["saturate:2", "spatter:5"]) == [("saturate", 2), ("spatter", 5)]
     with pytest.raises(UserError, match="Did you mean 'fog'"):
-        C.parse_spec("fogg:3")
+        corruptions.parse_spec("fogg:3")
     for bad in ("fog:6", "fog:x", "paper:2", ""):
         with pytest.raises(UserError):
-            C.parse_spec(bad)
+            corruptions.parse_spec(bad)
 
 
 def test_corruption_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"CIFAR-10-C not found in .*missing: expected fog\.npy \.\.\. labels\.npy; "
                                         r"download from https://zenodo\.org/record/2535967") as e:
-        C.load_corruption(tmp_path / "missing", "fog", 1)
+        corruptions.load_corruption(tmp_path / "missing", "fog", 1)
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="CIFAR-100-C not found .* https://zenodo.org/record/3555552"):
-        C.check_folder(tmp_path / "missing", [("snow", 1)], "CIFAR-100-C")
+        corruptions.check_folder(tmp_path / "missing", [("snow", 1)], "CIFAR-100-C")
     write_cifar_c(tmp_path / "c", names=("fog",))
     with pytest.raises(UserError, match="snow.npy is missing"):
-        C.check_folder(tmp_path / "c", C.parse_spec("fog:1,snow:1"))
+        corruptions.check_folder(tmp_path / "c", corruptions.parse_spec("fog:1,snow:1"))
     np.save(tmp_path / "c" / "snow.npy", np.zeros((20, 5, 6, 3), dtype=np.float32))
     with pytest.raises(UserError, match="expected uint8"):
-        C.load_corruption(tmp_path / "c", "snow", 1)
+        corruptions.load_corruption(tmp_path / "c", "snow", 1)
     np.save(tmp_path / "c" / "snow.npy", np.zeros((15, 5, 6, 3), dtype=np.uint8))
     with pytest.raises(UserError, match="has shape"):
-        C.load_corruption(tmp_path / "c", "snow", 1)
+        corruptions.load_corruption(tmp_path / "c", "snow", 1)
     with pytest.raises(UserError, match="indices"):
-        C.load_corruption(tmp_path / "c", "fog", 1, indices=[PER_SEVERITY])
+        corruptions.load_corruption(tmp_path / "c", "fog", 1, indices=[PER_SEVERITY])
     (tmp_path / "c" / "labels.npy").unlink()
     with pytest.raises(UserError, match="labels.npy"):
-        C.load_corruption(tmp_path / "c", "fog", 1)
+        corruptions.load_corruption(tmp_path / "c", "fog", 1)
 
 
 def test_corruption_datasets_checks_everything_up_front(tmp_path):
     write_cifar_c(tmp_path, names=("fog",))
     with pytest.raises(UserError, match="snow.npy"):
-        C.datasets(tmp_path, "fog,snow:2")  # fails before any dataset is built
-    got = [(n, s, len(ds)) for n, s, ds in C.datasets(tmp_path, "fog:2,fog:4")]
+        corruptions.datasets(tmp_path, "fog,snow:2")  # fails before any dataset is built
+    got = [(n, s, len(ds)) for n, s, ds in corruptions.datasets(tmp_path, "fog:2,fog:4")]
     assert got == [("fog", 2, PER_SEVERITY), ("fog", 4, PER_SEVERITY)]

@@ -22,11 +22,7 @@ TINY = SHARED / "data" / "tiny-imagenet-200"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} not present")
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """Decoded-image caches go to this test's tmp folder, never to the user's cache."""
-    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SUITE_DOWNLOAD", raising=False)
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")  # caches in tmp_path, no downloads (conftest)
 
 
 def load_samples(prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -438,8 +434,8 @@ def test_small_resnet_shapes_and_count():
 # --- the pyautoattack ResNet-18 checkpoint ------------------------------------------------------------
 
 def test_autoattack_resnet18_checkpoint_classifies_the_real_samples():
+    from suite.checkpoint import load_model_weights
     from suite.models.resnet_aa import checkpoint_path, resnet18_aa
-    from suite.runner import load_model_weights
 
     path = checkpoint_path()
     if path is None:
@@ -455,9 +451,9 @@ def test_autoattack_resnet18_checkpoint_classifies_the_real_samples():
 
 
 def test_a_mismatched_state_dict_is_a_user_error(tmp_path):
+    from suite.checkpoint import load_model_weights
     from suite.models.preact_resnet import preact_resnet18
     from suite.models.resnet_aa import resnet18_aa
-    from suite.runner import load_model_weights
 
     torch.save(preact_resnet18(10).state_dict(), tmp_path / "prn18.pt")
     with pytest.raises(UserError, match="does not fit"):

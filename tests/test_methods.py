@@ -7,34 +7,24 @@ relative; rtol=1e-10 leaves room for that and nothing else.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import ATOL, RTOL, bn_buffers, bn_mlp, global_norm, max_diff, mlp, params_of
+from helpers import ADAPTER, assert_params_close, data, one_step, step_and_check_bn_stats
+from reference import global_norm, max_diff, mlp, params_of
 from torch import nn
 from torch.func import functional_call, grad
 
 from suite.errors import UserError
-from suite.modalities.image import ImageClassification
 from suite.plugins import load_builtins
 from suite.registry import METHODS
 
 load_builtins()
 
-ADAPTER = ImageClassification()
 
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, d_in, generator=g, dtype=torch.float64)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return x, y
+# --- helpers (data, one_step, assert_params_close, the BatchNorm check: tests/helpers.py) ----------
 
 
 def hand_loss(model, params, x, y, reduction="mean"):
@@ -43,23 +33,6 @@ def hand_loss(model, params, x, y, reduction="mean"):
 
 def hand_grad(model, params, x, y):
     return grad(lambda p: hand_loss(model, p, x, y))(params)
-
-
-def sgd(lr):
-    return lambda model: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
-
-
-def one_step(method, model, batch, lr):
-    opt = sgd(lr)(model)
-    out = method.train_step(model, batch, opt, ADAPTER)
-    assert math.isfinite(out["loss"])
-    return params_of(model)
-
-
-def assert_params_close(actual: dict, expected: dict):
-    assert actual.keys() == expected.keys()
-    for n in actual:
-        torch.testing.assert_close(actual[n], expected[n], rtol=RTOL, atol=ATOL, msg=lambda m: f"{n}: {m}")
 
 
 def hand_sam(model, x, y, rho, lr):
@@ -199,12 +172,6 @@ def test_esam_stochastic_weight_perturbation():
 # --- BatchNorm rule -------------------------------------------------------------------------------
 
 
-def assert_buffers_equal(a, b):
-    assert a.keys() == b.keys()
-    for n in a:
-        assert torch.equal(a[n], b[n]), n
-
-
 @pytest.mark.parametrize("name,params", [
     ("sam", {"rho": 0.5}),
     ("asam", {"rho": 1.0}),
@@ -212,31 +179,11 @@ def assert_buffers_equal(a, b):
     ("esam", {"rho": 0.5, "beta": 0.5, "gamma": 0.5}),
 ])
 def test_ascent_methods_update_bn_stats_once_on_clean_batch(name, params):
-    model, (x, y) = bn_mlp(), data(n=16)
-    model.train()
-    reference = copy.deepcopy(model)
-    before = bn_buffers(model)
-    with torch.no_grad():
-        reference(x)  # one train-mode forward at w on the clean batch
-    torch.manual_seed(0)
-    one_step(METHODS.get(name)(**params), model, (x, y), 0.3)
-    after = bn_buffers(model)
-    assert_buffers_equal(after, bn_buffers(reference))
-    assert int(after["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
-    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
-    assert not torch.equal(after["1.running_var"], before["1.running_var"])
-
-
-class RecordingAdapter(ImageClassification):
-    """The image adapter, keeping every surface the model is run on."""
-
-    def __init__(self):
-        super().__init__()
-        self.surfaces = []
-
-    def forward_surface(self, model, batch, x):
-        self.surfaces.append(x.detach().clone())
-        return model(x)
+    step = step_and_check_bn_stats(lambda: METHODS.get(name)(**params),
+                                   lambda x, adapter: x,  # one train-mode forward at w on the clean batch
+                                   adapter=ADAPTER)
+    assert math.isfinite(step.out["loss"])
+    assert not torch.equal(step.after["1.running_var"], step.before["1.running_var"])
 
 
 @pytest.mark.parametrize("name,params,n_calls", [
@@ -245,33 +192,17 @@ class RecordingAdapter(ImageClassification):
     ("fast_at", {"norm": "linf", "eps": 0.1}, 2),
 ])
 def test_adversarial_training_updates_bn_stats_once_on_final_adversarial_batch(name, params, n_calls):
-    model, (x, y) = bn_mlp(), data(n=16)
-    model.train()
-    reference = copy.deepcopy(model)
-    before = bn_buffers(model)
-    adapter = RecordingAdapter()
-    torch.manual_seed(0)
-    method = METHODS.get(name)(**params)
-    method.train_step(model, (x, y), sgd(0.3)(model), adapter)
-    assert len(adapter.surfaces) == n_calls  # inner attack steps, then the training pass
-    x_final = adapter.surfaces[-1]
-    assert not torch.equal(x_final, x)
-    with torch.no_grad():
-        reference(x_final)
-    after = bn_buffers(model)
-    assert_buffers_equal(after, bn_buffers(reference))
-    assert int(after["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
-    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
+    step = step_and_check_bn_stats(lambda: METHODS.get(name)(**params),
+                                   lambda x, adapter: adapter.surfaces[-1])  # the final adversarial batch
+    assert len(step.adapter.surfaces) == n_calls  # inner attack steps, then the training pass
+    assert not torch.equal(step.adapter.surfaces[-1], step.x)
 
 
 # --- adversarial training -------------------------------------------------------------------------
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_at_step_matches_hand_pgd(norm):
     eps, alpha, steps, lr = (0.1, 0.07, 2, 0.3) if norm == "linf" else (0.4, 0.3, 2, 0.3)
-    model, (x, y) = mlp(), data()
-    x = x.clone()
-    x[:3, :2] = 0.0  # some coordinates on the box boundary, so the [0, 1] clamp is exercised
-    x[3:6, 2:] = 1.0
+    model, (x, y) = mlp(), data(boundary=True)  # some coordinates on the box boundary: the clamp is exercised
     w = params_of(model)
     delta = torch.zeros_like(x)
     for _ in range(steps):
@@ -349,4 +280,4 @@ def test_fraction_budgets_parse():
     assert m.p["eps"] == 8 / 255 and m.p["step_size"] == 2 / 255 and m.p["steps"] == 5
     assert METHODS.get("fast_at")(eps=" 4 / 255 ").p["eps"] == 4 / 255
     assert METHODS.get("esam")(beta="1/2").p["beta"] == 0.5
-    assert METHODS.get("at")(eps="8/255").step() == pytest.approx(2.5 * (8 / 255) / 10, rel=1e-15)
+    assert METHODS.get("at")(eps="8/255").pgd_step_size() == pytest.approx(2.5 * (8 / 255) / 10, rel=1e-15)

@@ -102,6 +102,7 @@ def test_a_stray_argument_points_at_the_subcommand_help(capsys):
     assert main(["run", "--task", "digits", "--method", "sam", "--bogus"]) == 2
     err = capsys.readouterr().err
     assert "suite run: unrecognized arguments: --bogus (see suite run --help)" in err and err.count("\n") == 1
+    assert "--set bogus=VALUE" in err  # an included method's parameter has no flag of its own
 
 
 def test_help_gives_each_method_its_own_meaning_of_a_flag(capsys, monkeypatch):

@@ -22,10 +22,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from suite.config import TaskOptions, TrainConfig
+from suite.data.batches import train_batches
 from suite.errors import UserError
+from suite.methods.base import StepContext
 from suite.modalities.image import ImageClassification
+from suite.plugins import load_builtins
 from suite.registry import METHODS, TASKS
-from suite.train import lr_factor, train, train_batches
+from suite.train import lr_factor, train
+
+load_builtins()  # (conftest.py does too) METHODS.names() below is read when the file is collected
 
 ADAPTER = ImageClassification()
 
@@ -87,7 +92,7 @@ def bare_loop(method_name, seed=2):
     return model
 
 
-@pytest.mark.parametrize("method_name", ["st", "sam", "esam"])
+@pytest.mark.parametrize("method_name", METHODS.names())  # every registered method, at the task's defaults
 def test_trainer_adds_nothing_to_the_step(method_name):
     expected = bare_loop(method_name).state_dict()
     model, _ = fit(method_name, TrainConfig(**BASE))
@@ -136,11 +141,10 @@ def one_sam_step(autocast_dtype=None, scaler=None, build=None, rho=0.1, lr=0.5):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x, y = data.train.tensors
     method = METHODS.get("sam")(rho=rho)
-    method.scaler = scaler
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else torch.autocast("cpu", enabled=False)
-    with ctx:
-        stats = method.train_step(model, (x, y), opt, ADAPTER)
+    amp = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else torch.autocast("cpu", enabled=False)
+    with amp:
+        stats = method.train_step(model, (x, y), opt, ADAPTER, StepContext(scaler=scaler))
     update = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
     return update, stats, model
 
@@ -180,13 +184,13 @@ def test_fp16_overflow_in_the_first_pass_skips_the_step_and_lowers_the_scale():
 def test_fp16_overflow_in_the_second_pass_only_skips_the_step(monkeypatch):
     from suite.methods import sam
 
-    original = sam._AscentMethod._second_pass
+    original = sam.WeightAscentMethod._second_pass
 
-    def overflowing(self, model, batch, adapter, first_out, first_loss):
-        original(self, model, batch, adapter, first_out, first_loss)
+    def overflowing(self, model, batch, adapter, first_out, first_loss, ctx):
+        original(self, model, batch, adapter, first_out, first_loss, ctx)
         next(model.parameters()).grad.view(-1)[0] = float("inf")
 
-    monkeypatch.setattr(sam._AscentMethod, "_second_pass", overflowing)
+    monkeypatch.setattr(sam.WeightAscentMethod, "_second_pass", overflowing)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     update, _, _ = one_sam_step(torch.float16, scaler, build=bn_mlp)
     assert torch.equal(update, torch.zeros_like(update))

@@ -7,36 +7,30 @@ that and nothing else. Random starts are reproduced by seeding torch before both
 """
 from __future__ import annotations
 
-import copy
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import ATOL, RTOL, bn_buffers, bn_mlp, global_norm, max_diff, mlp, params_of
+from helpers import ADAPTER, RecordingAdapter, assert_params_close, one_step, sgd, step_and_check_bn_stats
+from helpers import data as plain_data
+from reference import ATOL, RTOL, bn_mlp, global_norm, max_diff, mlp, params_of
 from torch import nn
 from torch.func import functional_call, grad
 
 from suite.errors import UserError
-from suite.modalities.image import ImageClassification
+from suite.methods.base import StepContext
 from suite.plugins import load_builtins
 from suite.registry import METHODS
 
 load_builtins()
 
-ADAPTER = ImageClassification()
+
+# --- helpers (independent of suite.methods; one_step, sgd, assert_params_close and the BatchNorm
+# check: tests/helpers.py)
 
 
-# --- helpers (independent of suite.methods) -------------------------------------------------------
-
-
-def data(seed: int = 1, n: int = 12, d_in: int = 5, classes: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, d_in, generator=g, dtype=torch.float64)
-    x[:3, :2] = 0.0  # some coordinates on the box boundary, so the [0, 1] clamp is exercised
-    x[3:6, 2:] = 1.0
-    y = torch.randint(0, classes, (n,), generator=g)
-    return x, y
+def data(seed: int = 1, n: int = 12):
+    """tests/helpers.py's data with some coordinates on the box boundary, so the [0, 1] clamp is exercised."""
+    return plain_data(seed=seed, n=n, boundary=True)
 
 
 def f(model, params, x):
@@ -74,22 +68,6 @@ def hand_pgd(loss_sum, x, start, norm, eps, alpha, steps):
     return x + delta
 
 
-def sgd(model, lr):
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
-
-
-def one_step(method, model, batch, lr, adapter=ADAPTER):
-    out = method.train_step(model, batch, sgd(model, lr), adapter)
-    assert math.isfinite(out["loss"])
-    return params_of(model)
-
-
-def assert_close(actual: dict, expected: dict):
-    assert actual.keys() == expected.keys()
-    for n, a in actual.items():
-        torch.testing.assert_close(a, expected[n], rtol=RTOL, atol=ATOL, msg=lambda m, n=n: f"{n}: {m}")
-
-
 def grads_of(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
@@ -121,8 +99,8 @@ def test_trades_step_matches_zhang_et_al(norm):
     g = grad(trades_loss)(w)
     torch.manual_seed(7)
     actual = one_step(METHODS.get("trades")(beta=beta, **threat), model, (x, y), lr)
-    assert_close(actual, sgd_update(w, g, lr))
-    assert_close(grads_of(model), g)  # the optimizer saw exactly this gradient: nothing leaked in
+    assert_params_close(actual, sgd_update(w, g, lr))
+    assert_params_close(grads_of(model), g)  # the optimizer saw exactly this gradient: nothing leaked in
     # the attack and the KL term matter, so the check can fail
     kl_start = hand_kl(target, f(model, w, x + start)).sum()
     assert hand_kl(target, f(model, w, x_adv)).sum() > 10 * kl_start
@@ -177,7 +155,7 @@ def test_trades_on_segmentation_averages_the_pixel_kl_per_image():
     torch.manual_seed(7)
     method = METHODS.get("trades")(beta=beta, norm="linf", eps=eps, step_size=alpha, steps=steps)
     actual = one_step(method, model, (x, mask), lr, adapter=Segmentation())
-    assert_close(actual, expected)
+    assert_params_close(actual, expected)
 
 
 def test_trades_beta_zero_eps_zero_is_standard_training_update():
@@ -185,7 +163,7 @@ def test_trades_beta_zero_eps_zero_is_standard_training_update():
     model, (x, y) = mlp(), data()
     w = params_of(model)
     actual = one_step(METHODS.get("trades")(beta=0.0, eps=0.0), model, (x, y), lr)
-    assert_close(actual, sgd_update(w, grad(lambda p: ce(model, p, x, y))(w), lr))
+    assert_params_close(actual, sgd_update(w, grad(lambda p: ce(model, p, x, y))(w), lr))
 
 
 # --- AWP ------------------------------------------------------------------------------------------
@@ -208,8 +186,8 @@ def test_awp_step_matches_wu_et_al(norm):
     expected = sgd_update(w, g2, lr)
 
     actual = one_step(METHODS.get("awp")(gamma=gamma, random_start=False, **threat), model, (x, y), lr)
-    assert_close(actual, expected)
-    assert_close(grads_of(model), g2)
+    assert_params_close(actual, expected)
+    assert_params_close(grads_of(model), g2)
     # the perturbation matters, and it is layer-wise and spares the biases (each could fail)
     assert max_diff(expected, sgd_update(w, g1, lr)) > 1e-5
     v_all = {n: gamma * w[n].norm() * g1[n] / g1[n].norm() for n in w}
@@ -247,8 +225,8 @@ def test_sam_at_step_matches_hand_computation(norm, reattack):
 
     method = METHODS.get("sam_at")(rho=rho, random_start=False, reattack=reattack, **threat)
     actual = one_step(method, model, (x, y), lr)
-    assert_close(actual, expected)
-    assert_close(grads_of(model), g2)
+    assert_params_close(actual, expected)
+    assert_params_close(grads_of(model), g2)
     assert max_diff(expected, sgd_update(w, g1, lr)) > 1e-4  # the weight ascent matters
     other = hand_at_batch(model, w, x, y, threat) if reattack else hand_at_batch(model, w_e, x, y, threat)
     g_other = grad(lambda p: ce(model, p, other, y))(w_e)
@@ -256,25 +234,6 @@ def test_sam_at_step_matches_hand_computation(norm, reattack):
 
 
 # --- BatchNorm rule, no leaks, exact restore --------------------------------------------------------
-
-
-class RecordingAdapter(ImageClassification):
-    """The image adapter, keeping every surface the model is run on, whether any parameter required a
-    gradient then, the parameters' .grad and the parameters' values."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def forward_surface(self, model, batch, x):
-        ps = list(model.parameters())
-        self.calls.append({
-            "x": x.detach().clone(),
-            "param_grad_on": any(p.requires_grad for p in ps),
-            "grads": [None if p.grad is None else p.grad.clone() for p in ps],
-            "weights": [p.detach().clone() for p in ps],
-        })
-        return model(x)
 
 
 ROBUST = [
@@ -297,23 +256,12 @@ def _attack_calls(name, params):
 
 @pytest.mark.parametrize("name,params", ROBUST)
 def test_bn_running_stats_updated_exactly_once_per_step(name, params):
-    model, (x, y) = bn_mlp(), data(n=16)
-    model.train()
-    reference = copy.deepcopy(model)
-    before = bn_buffers(model)
-    adapter = RecordingAdapter()
-    torch.manual_seed(0)
-    METHODS.get(name)(**params).train_step(model, (x, y), sgd(model, 0.3), adapter)
     _, updating = _attack_calls(name, params)
-    x_update = x if updating is None else adapter.calls[updating]["x"]
-    assert not torch.equal(adapter.calls[-1]["x"], x)
-    with torch.no_grad():
-        reference(x_update)  # one train-mode forward at w: clean for TRADES, the adversarial batch otherwise
-    after = bn_buffers(model)
-    for n in after:
-        assert torch.equal(after[n], bn_buffers(reference)[n]), n
-    assert int(after["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
-    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
+    # one train-mode forward at w: clean for TRADES, the adversarial batch otherwise
+    step = step_and_check_bn_stats(lambda: METHODS.get(name)(**params),
+                                   lambda x, adapter: x if updating is None else adapter.calls[updating]["x"],
+                                   boundary=True)  # this file's data()
+    assert not torch.equal(step.adapter.calls[-1]["x"], step.x)
 
 
 @pytest.mark.parametrize("name,params", ROBUST)
@@ -356,9 +304,8 @@ def _train_seq(methods, seed=0):
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for i, (method, epoch) in enumerate(methods):
-        method.epoch = epoch
         x, y = data(seed=10 + i, n=16)
-        method.train_step(model, (x.float(), y), opt, ADAPTER)
+        method.train_step(model, (x.float(), y), opt, ADAPTER, StepContext(epoch=epoch))
     return model.state_dict()
 
 
@@ -442,7 +389,7 @@ def test_cost_declarations(name, params, cost):
 
 def test_defaults_and_labels():
     t = METHODS.get("trades")()
-    assert t.p["beta"] == 6.0 and t.p["eps"] == 8 / 255 and t.step() == pytest.approx(2 / 255, rel=1e-12)
+    assert t.p["beta"] == 6.0 and t.p["eps"] == 8 / 255 and t.pgd_step_size() == pytest.approx(2 / 255, rel=1e-12)
     assert t.label() == "TRADES beta=6 linf 8/255 (PGD-10)"
     assert METHODS.get("awp")().p["gamma"] == 5e-3
     assert METHODS.get("awp")().label() == "AWP gamma=0.005 linf 8/255 (PGD-10)"

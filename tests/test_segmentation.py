@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from helpers import TinySeg, colour_data, fit
 
 from suite.attacks.base import AttackSpec
 from suite.attacks.engine import pgd
@@ -29,10 +29,7 @@ CAMVID = SHARED / "data" / "camvid"
 IGN = IGNORE_INDEX
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """The readers' caches (VOC's record of checked pairs) go to this test's folder, never the user's."""
-    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")  # caches in tmp_path, no downloads (conftest)
 
 
 def one_hot_logits(pred: torch.Tensor, k: int) -> torch.Tensor:
@@ -372,41 +369,13 @@ def test_deeplab_loads_local_encoder_weights_and_rejects_bad_ones(tmp_path):
 
 
 # --- attacks on a tiny trained model ---------------------------------------------------------------
-class TinySeg(nn.Module):
-    """Three convolutions with BatchNorm: enough to learn a colour -> class rule per pixel."""
-
-    def __init__(self, k: int = 3, width: int = 16):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                 nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                 nn.Conv2d(width, k, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def colour_data(n: int, seed: int, size: int = 16, block: int = 4):
-    """Blocks of random colours; a pixel's class is its brightest channel, some ignored blocks."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(n, 3, size // block, size // block, generator=g)
-    x = small.repeat_interleave(block, 2).repeat_interleave(block, 3)
-    y = x.argmax(1)
-    y[:, :block, :block] = IGN
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def trained():
+    """TinySeg (tests/helpers.py) trained on blocks of colour, and 16 other images."""
     torch.manual_seed(0)
-    model = TinySeg()
     adapter = Segmentation()
     x, y = colour_data(64, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(150):
-        opt.zero_grad()
-        adapter.loss(model(x), (x, y)).backward()
-        opt.step()
-    model.eval()
+    model = fit(TinySeg(), lambda m: adapter.loss(m(x), (x, y)), steps=150, lr=0.02)
     return model, adapter, colour_data(16, 1)
 
 

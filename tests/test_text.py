@@ -22,8 +22,8 @@ from suite.attacks.engine import pgd
 from suite.config import TaskOptions, TrainConfig
 from suite.errors import UserError
 from suite.evaluate import evaluate
-from suite.records import RecordStore
 from suite.plugins import load_builtins
+from suite.records import RecordStore
 from suite.registry import METHODS, MODALITIES, TASKS
 from suite.runner import execute, plan_run
 
@@ -314,10 +314,12 @@ def test_recipes_that_need_downloads_fail_before_training_with_one_line(recipe, 
 
 
 def test_all_named_recipes_are_registered():
+    from suite.attacks.textattack_recipes import RECIPES
     from suite.registry import ATTACKS
 
-    for name in ("deepwordbug", "textfooler", "pwws", "textbugger", "bae", "bert_attack"):
-        assert ATTACKS.get(name).modalities == ("text",)
+    for recipe in RECIPES:
+        cls = ATTACKS.get(recipe.name)
+        assert cls.modalities == ("text",) and cls.threat == "text edits" and cls.recipe is recipe
     with pytest.raises(UserError, match="does not support modality"):
         AttackSpec.parse("deepwordbug").build(MODALITIES.get("image")())
 

@@ -12,8 +12,8 @@ from scipy.optimize import brentq
 
 from suite.attacks.engine import pgd
 from suite.config import TaskOptions
-from suite.records import RecordStore
 from suite.plugins import load_builtins
+from suite.records import RecordStore
 from suite.registry import METHODS, MODALITIES, TASKS
 from suite.runner import execute, plan_run
 from tasks import toy_features as toy
@@ -124,11 +124,11 @@ def test_attacks_never_touch_the_robust_feature():
     assert torch.allclose(delta[:, 1:], -0.1 * y[:, None].expand(-1, toy.D), atol=1e-6)
 
 
-def test_analyze_reports_the_ratio():
+def test_extra_metrics_report_the_ratio():
     model = toy.LinearLogit(toy.D + 1)
     with torch.no_grad():
         model.linear.weight.copy_(torch.tensor([[2.0] + [0.5] * toy.D]))
-    out = toy.analyze(model, TaskOptions())
+    out = toy.extra_metrics(model, TaskOptions())
     assert out["w1"] == pytest.approx(2.0) and out["mean_w_nonrobust"] == pytest.approx(0.5)
     assert out["w1_ratio"] == pytest.approx(4.0)
     assert out["w1_star"] == pytest.approx(toy.w1_star())

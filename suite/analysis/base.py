@@ -18,9 +18,12 @@ says what the analyses will cost), and a long analysis calls `self.advance(done,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
-from suite.params import Param, resolve_params
+from suite.errors import UserError
+from suite.params import Param, parse_spec, resolve_params
+from suite.registry import ANALYSES
 
 
 class Analysis:
@@ -50,3 +53,23 @@ class Analysis:
 
     def run(self, model, dataset, *, collate, device, seed: int) -> dict[str, Any]:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """An analysis as the command line and tasks name it: 'sharpness:rho=0.05,examples=512'."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def parse(text: str) -> "AnalysisSpec":
+        name, items = parse_spec(text, kind="analysis", example="sharpness:rho=0.05")
+        return AnalysisSpec(name, tuple(items))
+
+    def build(self, adapter: Any) -> Analysis:
+        """The analysis for a modality adapter, its parameters validated (UserError otherwise)."""
+        cls = ANALYSES.get(self.name)
+        if cls.modalities and adapter.name not in cls.modalities:
+            raise UserError(f"analysis {self.name!r} does not support modality {adapter.name!r}")
+        return cls(adapter, **dict(self.params))

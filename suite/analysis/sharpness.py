@@ -223,7 +223,6 @@ _COMMON = {
 
 @ANALYSES.register("sharpness")
 class WorstCaseSharpness(_WorstCaseSharpness):
-    name = "sharpness"
     description = "worst-case m-sharpness: mean over batches of max_{||e||<=rho} L(w+e) - L(w) (eval mode)"
     params = {"rho": Param(float, 0.05, "radius of the l2 ball in weight space", check=nonneg), **_COMMON}
 
@@ -233,7 +232,6 @@ class WorstCaseSharpness(_WorstCaseSharpness):
 
 @ANALYSES.register("asharpness")
 class AdaptiveSharpness(_WorstCaseSharpness):
-    name = "asharpness"
     description = "adaptive worst-case m-sharpness: max over ||e / (|w| + eta)||<=rho (scale-invariant)"
     params = {
         "rho": Param(float, 0.5, "radius of the l2 ball in the normalized weight space", check=nonneg),
@@ -255,7 +253,6 @@ HVP_PASSES = 6
 
 @ANALYSES.register("hessian")
 class HessianTopEigenvalue(Analysis):
-    name = "hessian"
     description = "top eigenvalue of the training-loss Hessian (power iteration with Hessian-vector products)"
     params = {
         "iters": Param(int, 20, "maximum power iterations", check=at_least_one),

@@ -138,50 +138,36 @@ class PackageAttack(Attack):
         return AttackResult(success=(y_adv != y))
 
 
-@ATTACKS.register("autoattack")
-class AutoAttackStandard(PackageAttack):
-    name = "autoattack"
-    description = ("AutoAttack (Croce & Hein 2020), standard version via pyautoattack: APGD-CE, APGD-T, "
-                   "FAB-T, Square-5000, linf or l2")
+def _package_attack(name: str, class_name: str, title: str, description: str,
+                    components: tuple[str, ...] = STANDARD, version: str = "standard") -> type[PackageAttack]:
+    """A PackageAttack subclass named `class_name`, registered as attack `name`."""
+    cls = type(class_name, (PackageAttack,), {
+        "__module__": __name__, "__qualname__": class_name, "__doc__": description,
+        "description": description, "components": components, "version": version, "title": title,
+    })
+    return ATTACKS.register(name)(cls)
 
 
-@ATTACKS.register("apgd")
-class APGDCEThenT(PackageAttack):
-    name = "apgd"
-    description = ("AutoAttack's APGD-CE (5 restarts), then APGD-T on the points it left robust: the package's "
-                   "custom version of these two, via pyautoattack")
-    components = ("apgd-ce", "apgd-t")
-    version = "custom"
-    title = "APGD-CE+T"
-
-
-@ATTACKS.register("apgd_ce")
-class APGDCE(PackageAttack):
-    name = "apgd_ce"
-    description = "AutoAttack's APGD on the cross-entropy (100 iterations, 1 restart), via pyautoattack"
-    components = ("apgd-ce",)
-    title = "APGD-CE"
-
-
-@ATTACKS.register("apgd_t")
-class APGDT(PackageAttack):
-    name = "apgd_t"
-    description = "AutoAttack's targeted APGD on the DLR loss (9 target classes x 100 iterations), via pyautoattack"
-    components = ("apgd-t",)
-    title = "APGD-T"
-
-
-@ATTACKS.register("fab_t")
-class FABT(PackageAttack):
-    name = "fab_t"
-    description = "AutoAttack's targeted FAB (9 target classes x 100 iterations, minimum norm <= eps), via pyautoattack"
-    components = ("fab-t",)
-    title = "FAB-T"
-
-
-@ATTACKS.register("square")
-class Square(PackageAttack):
-    name = "square"
-    description = "AutoAttack's Square Attack (black box, 5000 queries), via pyautoattack"
-    components = ("square",)
-    title = "Square-5000"
+AutoAttackStandard = _package_attack(
+    "autoattack", "AutoAttackStandard", "AutoAttack",
+    "AutoAttack (Croce & Hein 2020), standard version via pyautoattack: APGD-CE, APGD-T, FAB-T, Square-5000, "
+    "linf or l2")
+APGDCEThenT = _package_attack(
+    "apgd", "APGDCEThenT", "APGD-CE+T",
+    "AutoAttack's APGD-CE (5 restarts), then APGD-T on the points it left robust: the package's custom version "
+    "of these two, via pyautoattack",
+    components=("apgd-ce", "apgd-t"), version="custom")
+# one standard component alone, with the settings the standard version gives it
+APGDCE = _package_attack(
+    "apgd_ce", "APGDCE", "APGD-CE",
+    "AutoAttack's APGD on the cross-entropy (100 iterations, 1 restart), via pyautoattack", ("apgd-ce",))
+APGDT = _package_attack(
+    "apgd_t", "APGDT", "APGD-T",
+    "AutoAttack's targeted APGD on the DLR loss (9 target classes x 100 iterations), via pyautoattack", ("apgd-t",))
+FABT = _package_attack(
+    "fab_t", "FABT", "FAB-T",
+    "AutoAttack's targeted FAB (9 target classes x 100 iterations, minimum norm <= eps), via pyautoattack",
+    ("fab-t",))
+Square = _package_attack(
+    "square", "Square", "Square-5000",
+    "AutoAttack's Square Attack (black box, 5000 queries), via pyautoattack", ("square",))

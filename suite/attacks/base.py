@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from suite.errors import UserError
 from suite.modalities.base import Adapter
-from suite.params import Param, resolve_params
+from suite.params import Param, parse_spec, resolve_params
 from suite.registry import ATTACKS
 
 if TYPE_CHECKING:
@@ -56,24 +56,6 @@ class Attack:
         raise NotImplementedError
 
 
-def parse_spec(text: str, kind: str = "attack", example: str = "pgd:norm=linf,eps=2/255,steps=10"
-               ) -> tuple[str, list[tuple[str, str]]]:
-    """'name:key=value,key=value' -> (name, [(key, value), ...])."""
-    text = str(text).strip()
-    name, _, rest = text.partition(":")
-    if not name.strip():
-        raise UserError(f"{kind} spec {text!r}: expected a name first (example: {example})")
-    params = []
-    if rest:
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise UserError(f"{kind} spec {text!r}: expected key=value after ':', got {item!r} "
-                                f"(example: {example})")
-            params.append((key.strip(), value.strip()))
-    return name.strip(), params
-
-
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
@@ -82,7 +64,7 @@ class AttackSpec:
 
     @staticmethod
     def parse(text: str) -> "AttackSpec":
-        name, items = parse_spec(text)
+        name, items = parse_spec(text, kind="attack", example="pgd:norm=linf,eps=2/255,steps=10")
         params, n = [], 0
         for key, value in items:
             if key == "n":
@@ -109,7 +91,11 @@ class AttackSpec:
 
     def resolved(self, adapter: Adapter) -> dict[str, Any]:
         """The attack's full parameters (defaults filled in), for records and run ids."""
-        out = {"name": self.name, **self.build(adapter).p}
+        return self.resolved_params(self.build(adapter))
+
+    def resolved_params(self, attack: Attack) -> dict[str, Any]:
+        """`resolved` of an attack already built from this spec."""
+        out = {"name": self.name, **attack.p}
         if self.n:
             out["n"] = self.n
         return out

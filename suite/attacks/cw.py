@@ -40,7 +40,6 @@ def cw_loss(logits, y, kappa: float | None = 0.0):
 
 @ATTACKS.register("cw")
 class CW(Attack):
-    name = "cw"
     description = ("Carlini-Wagner margin loss min(max_{j!=y} z_j - z_y, kappa) maximised by PGD, linf or l2, "
                    "50 steps, random start")
     modalities = ("image", "features")

@@ -20,7 +20,6 @@ MODALITIES = ("image", "features", "text", "segmentation")
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
-    name = "pgd"
     description = ("projected gradient descent (Madry et al. 2018) on the loss, linf or l2, random start "
                    "(l2: radius uniform in [0, eps]), optional restarts")
     modalities = MODALITIES
@@ -78,7 +77,6 @@ class PGD(Attack):
 
 @ATTACKS.register("fgsm")
 class FGSM(Attack):
-    name = "fgsm"
     description = "fast gradient sign method (Goodfellow et al. 2015): one step of size eps (l2: normalized gradient)"
     modalities = MODALITIES
     params = {

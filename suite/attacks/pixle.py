@@ -64,7 +64,6 @@ def candidates(x0, start, pixels: int):
 
 @ATTACKS.register("pixle")
 class Pixle(Attack):
-    name = "pixle"
     description = ("Pixle (Pomponi et al. 2022): black-box pixel rearrangement with an L0 budget of `pixels` "
                    "changed locations, 20 restarts x 10 iterations")
     modalities = ("image",)

@@ -83,7 +83,6 @@ def segpgd(model, adapter, batch, *, norm: str, eps: float, step_size: float, st
 
 @ATTACKS.register("segpgd")
 class SegPGD(Attack):
-    name = "segpgd"
     description = ("SegPGD (Gu et al. 2022): PGD on a pixel loss that moves weight from correct to wrong pixels, "
                    "lambda_t = (t-1)/(2T); segmentation")
     modalities = ("segmentation",)

@@ -75,7 +75,6 @@ def flow_smoothness(flow, eps: float = 1e-10):
 
 @ATTACKS.register("stadv")
 class StAdv(Attack):
-    name = "stadv"
     description = ("StAdv spatial flow attack (Xiao et al. 2018): CW margin + tau * flow smoothness, Adam, "
                    "flow bounded in linf (normalised units: 0.05 = 0.775 px on 32x32)")
     modalities = ("image",)

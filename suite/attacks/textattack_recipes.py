@@ -279,7 +279,7 @@ class TextAttackRecipe(Attack):
 
 def _register(recipe: Recipe) -> None:
     cls = type(f"TextAttack_{recipe.cls}", (TextAttackRecipe,), {
-        "name": recipe.name, "description": recipe.description, "recipe": recipe,
+        "description": recipe.description, "recipe": recipe,
         "__doc__": recipe.description,
     })
     ATTACKS.register(recipe.name, cls)

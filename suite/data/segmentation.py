@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from suite.config import IGNORE_INDEX
 from suite.errors import UserError, one_line
-from suite.modalities.segmentation import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -440,6 +440,16 @@ def load_stanford(pairs: Sequence[tuple[Path, Path]]) -> tuple[list[torch.Tensor
         images.append(torch.from_numpy(x).permute(2, 0, 1).contiguous())
         masks.append(torch.from_numpy(m))
     return images, masks
+
+
+def holdout(indices: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded validation part of a training split: (the rest, the held-out part), each sorted. The
+    held-out part is round(fraction * n) of the indices, chosen by a numpy RandomState(seed + 1)
+    permutation (another stream than the train/test split's)."""
+    indices = np.asarray(indices)
+    perm = np.random.RandomState(seed + 1).permutation(len(indices))
+    k = round(fraction * len(indices))
+    return np.sort(indices[perm[k:]]), np.sort(indices[perm[:k]])
 
 
 def stanford_split(n: int, train_fraction: float = 0.8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,17 +7,21 @@ single training pass on the adversarial batch is the one that updates them.
 """
 from __future__ import annotations
 
+from suite.methods.adversarial import PGD_PARAMS, PGDThreatModel
 from suite.methods.base import Method
 from suite.modalities.base import frozen_bn_stats
-from suite.params import NORMS, Param, at_least_one, fmt_value, nonneg
+from suite.params import Param, fmt_value, nonneg
 from suite.registry import METHODS
 
 
-class _AdversarialTraining(Method):
+class InputAdversarialTraining(Method):
+    """One training pass on an adversarial batch that an inner attack on the inputs found;
+    subclasses define the attack."""
+
     def inner_attack(self, model, batch, adapter):
         raise NotImplementedError
 
-    def train_step(self, model, batch, optimizer, adapter):
+    def train_step(self, model, batch, optimizer, adapter, ctx=None):
         with frozen_bn_stats(model):
             x_adv = self.inner_attack(model, batch, adapter)
         optimizer.zero_grad(set_to_none=True)
@@ -29,41 +33,26 @@ class _AdversarialTraining(Method):
 
 
 @METHODS.register("at")
-class PGDAdversarialTraining(_AdversarialTraining):
-    name = "at"
+class PGDAdversarialTraining(PGDThreatModel, InputAdversarialTraining):
     description = "PGD adversarial training (Madry et al. 2018), linf or l2, random start"
-    params = {
-        "norm": Param(str, "linf", "threat model", choices=NORMS),
-        "eps": Param(float, 8 / 255, "perturbation budget (e.g. 8/255)", check=nonneg),
-        "step_size": Param(float, None, "PGD step; default 2.5 * eps / steps", check=nonneg, optional=True),
-        "steps": Param(int, 10, "PGD steps", check=at_least_one),
-        "random_start": Param(bool, True, "start from a uniform point in the ball"),
-    }
-
-    def step(self) -> float:
-        s = self.p["step_size"]
-        return 2.5 * self.p["eps"] / self.p["steps"] if s is None else s
+    params = dict(PGD_PARAMS)
 
     def cost(self) -> float:
         return self.p["steps"] + 1.0
 
     def inner_attack(self, model, batch, adapter):
-        from suite.attacks.engine import pgd
-
-        return pgd(model, adapter, batch, norm=self.p["norm"], eps=self.p["eps"], step_size=self.step(),
-                   steps=self.p["steps"], random_init=self.p["random_start"])
+        return self.pgd_attack(model, batch, adapter, random_init=self.p["random_start"])
 
     def label(self) -> str:
-        return f"AT {self.p['norm']} {fmt_value(self.p['eps'])} (PGD-{self.p['steps']})"
+        return f"AT {self.threat_label()}"
 
 
 @METHODS.register("fast_at")
-class FastAdversarialTraining(_AdversarialTraining):
-    name = "fast_at"
+class FastAdversarialTraining(InputAdversarialTraining):
     description = "fast adversarial training (Wong et al. 2020): FGSM from a random start, step alpha = 1.25 eps"
     params = {
-        "norm": Param(str, "linf", "threat model", choices=NORMS),
-        "eps": Param(float, 8 / 255, "perturbation budget (e.g. 8/255)", check=nonneg),
+        "norm": PGD_PARAMS["norm"],
+        "eps": PGD_PARAMS["eps"],
         "alpha": Param(float, None, "FGSM step; default 1.25 * eps", check=nonneg, optional=True),
     }
 

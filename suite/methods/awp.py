@@ -29,8 +29,10 @@ own steps.
 """
 from __future__ import annotations
 
+from suite.methods.adversarial import PGD_PARAMS
 from suite.methods.at import PGDAdversarialTraining
-from suite.methods.sam_at import PGD_PARAMS, _AdversarialAscent
+from suite.methods.base import StepContext
+from suite.methods.sam_at import AdversarialWeightAscent
 from suite.params import Param, fmt_value, nonneg
 from suite.registry import METHODS
 
@@ -43,8 +45,7 @@ def perturbed(name: str, param) -> bool:
 
 
 @METHODS.register("awp")
-class AdversarialWeightPerturbation(_AdversarialAscent):
-    name = "awp"
+class AdversarialWeightPerturbation(AdversarialWeightAscent):
     description = "AWP (Wu et al. 2020): PGD-AT with a layer-wise relative weight perturbation gamma ||w|| g/||g||"
     params = {
         "gamma": Param(float, 5e-3, "size of the weight perturbation relative to each layer's norm", check=nonneg),
@@ -66,10 +67,11 @@ class AdversarialWeightPerturbation(_AdversarialAscent):
                             "plain PGD-AT and no weight perturbation would ever be applied; give a warm-up below "
                             "the number of epochs (or more epochs with --set epochs=N), or use --method at")
 
-    def train_step(self, model, batch, optimizer, adapter):
-        if self.epoch < self.p["warmup"]:
-            return self._warmup_step.train_step(model, batch, optimizer, adapter)
-        return super().train_step(model, batch, optimizer, adapter)
+    def train_step(self, model, batch, optimizer, adapter, ctx=None):
+        ctx = StepContext() if ctx is None else ctx
+        if ctx.epoch < self.p["warmup"]:
+            return self._warmup_step.train_step(model, batch, optimizer, adapter, ctx)
+        return super().train_step(model, batch, optimizer, adapter, ctx)
 
     def perturbation(self, named):
         out = []

@@ -26,23 +26,25 @@ What ESAM's savings are, as implemented (costs measured with benchmarks/perf.py)
   It would also change the algorithm with BatchNorm (the chosen examples' gradient would flow
   through statistics of the whole batch, not those of the chosen ones as in the authors' code).
 
-Mixed precision (amp=fp16): the trainer sets `scaler` (a torch.amp.GradScaler). Both backward passes
-run on the scaled loss; the first pass's gradient is unscaled before the perturbation's norm is taken;
-an overflow in the first pass leaves e = 0 and marks the second pass's gradient as overflowed, so
-`scaler.step` skips the step (and lowers the scale) on an overflow in either pass.
+Mixed precision (amp=fp16): the step context's `scaler` is a torch.amp.GradScaler (see
+suite.methods.base). Both backward passes run on the scaled loss; the first pass's gradient is
+unscaled before the perturbation's norm is taken; an overflow in the first pass leaves e = 0 and marks
+the second pass's gradient as overflowed, so `scaler.step` skips the step (and lowers the scale) on an
+overflow in either pass.
 
 Several processes (torchrun): the model is DistributedDataParallel. The first-pass gradient is the
-global batch's (all-reduced; `sam_ascent=per_replica` keeps each rank's own, m-sharpness), so every
-rank takes the same ascent step; the second pass is all-reduced by DDP. ESAM's tensor choice is drawn
-on rank 0 and broadcast; its data selection ranks each rank's own share (as the authors' code does
-per GPU).
+global batch's (all-reduced; `sam_ascent=per_replica`, the step context's `ascent_sync` False, keeps
+each rank's own, m-sharpness), so every rank takes the same ascent step; the second pass is
+all-reduced by DDP. ESAM's tensor choice is drawn on rank 0 and broadcast; its data selection ranks
+each rank's own share (as the authors' code does per GPU), and the gradient of its chosen tensors is
+all-reduced by hand, weighted by the step context's `share`.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import TYPE_CHECKING
 
-from suite.methods.base import Method
+from suite.methods.base import Method, StepContext
 from suite.modalities.base import frozen_bn_stats
 from suite.params import Param, nonneg, unit_interval
 from suite.registry import METHODS
@@ -51,11 +53,10 @@ if TYPE_CHECKING:  # torch is imported where it is used (listing the registries 
     import torch
 
 
-class _AscentMethod(Method):
-    """Shared SAM skeleton; subclasses define the perturbation."""
-
-    scaler = None          # set by the trainer under amp=fp16 (see the module docstring)
-    ascent_sync = True     # set by the trainer: all-reduce the first-pass gradient across ranks
+class WeightAscentMethod(Method):
+    """SAM's step, shared by every method that ascends in weight space: a first pass at w, one ascent
+    step w -> w + e, the gradient at w + e, w restored, the base optimizer's step with that gradient.
+    Subclasses define the perturbation e (and may change the passes)."""
 
     def perturbation(self, named: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | None]:
         raise NotImplementedError
@@ -63,42 +64,46 @@ class _AscentMethod(Method):
     def cost(self) -> float:
         return 2.0
 
-    def _backward(self, loss, inputs=None) -> None:
+    @staticmethod
+    def _backward(loss, ctx: StepContext, inputs=None) -> None:
         """loss.backward(), on the scaled loss under amp=fp16."""
-        if self.scaler is not None:
-            loss = self.scaler.scale(loss)
+        if ctx.scaler is not None:
+            loss = ctx.scaler.scale(loss)
         loss.backward(inputs=inputs)
 
-    def _ascent_context(self, model):
+    @staticmethod
+    def _ascent_context(model, ctx: StepContext):
         """The first pass under DDP: its gradient is all-reduced, unless the ascent is per replica."""
-        from suite import distributed as D
+        from suite import distributed
 
-        if D.is_ddp(model) and not self.ascent_sync:
+        if distributed.is_ddp(model) and not ctx.ascent_sync:
             return model.no_sync()
         return contextlib.nullcontext()
 
-    def _first_pass(self, model, batch, adapter):
-        with self._ascent_context(model):
+    def _first_pass(self, model, batch, adapter, ctx: StepContext):
+        with self._ascent_context(model, ctx):
             out = adapter.forward(model, batch)
             loss = adapter.loss(out, batch)
-            self._backward(loss)
+            self._backward(loss, ctx)
         return out, loss
 
-    def _second_pass(self, model, batch, adapter, first_out, first_loss):
+    def _second_pass(self, model, batch, adapter, first_out, first_loss, ctx: StepContext):
         loss = adapter.loss(adapter.forward(model, batch), batch)
-        self._backward(loss)
+        self._backward(loss, ctx)
 
-    def train_step(self, model, batch, optimizer, adapter):
+    def train_step(self, model, batch, optimizer, adapter, ctx=None):
         import torch
 
-        from suite import distributed as D
+        from suite import distributed
 
-        net = D.unwrap(model)
+        ctx = StepContext() if ctx is None else ctx
+        scaler = ctx.scaler
+        net = distributed.unwrap(model)
         named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
-        out, loss = self._first_pass(model, batch, adapter)
+        out, loss = self._first_pass(model, batch, adapter, ctx)
         with torch.no_grad():
-            overflow = self._unscale_first_pass(named)
+            overflow = self._unscale_first_pass(named, scaler)
             eps = self.perturbation(named)
             backup = [p.detach().clone() for _, p in named]
             for (_, p), e in zip(named, eps):
@@ -110,34 +115,35 @@ class _AscentMethod(Method):
         torch.clear_autocast_cache()
         optimizer.zero_grad(set_to_none=True)
         with frozen_bn_stats(net):
-            self._second_pass(model, batch, adapter, out, loss)
+            self._second_pass(model, batch, adapter, out, loss, ctx)
         with torch.no_grad():  # restore w exactly (w + e - e is not w in floating point)
             for (_, p), b in zip(named, backup):
                 p.copy_(b)
         torch.clear_autocast_cache()
-        if self.scaler is None:
+        if scaler is None:
             optimizer.step()
         else:
             if overflow is not None:  # an overflow in the first pass skips the step like one in the second
                 grads = [p.grad for _, p in named if p.grad is not None]
                 if grads:
                     grads[0].masked_fill_(overflow, float("inf"))
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            scaler.step(optimizer)
+            scaler.update()
         return {"loss": loss.detach(), "acc": adapter.correct(out.detach(), batch).float().mean()}
 
-    def _unscale_first_pass(self, named):
+    @staticmethod
+    def _unscale_first_pass(named, scaler):
         """amp=fp16: divide the first-pass gradient by the loss scale (in place) before the
         perturbation reads it. Returns a bool tensor, True if it overflowed (then the gradient is
         zeroed, so e = 0 and the pass at w + e stays finite); None without a scaler."""
-        if self.scaler is None:
+        if scaler is None:
             return None
         import torch
 
         grads = [p.grad for _, p in named if p.grad is not None]
         if not grads:
             return None
-        scale = self.scaler.scale(torch.ones((), device=grads[0].device))  # a tensor: no device sync
+        scale = scaler.scale(torch.ones((), device=grads[0].device))  # a tensor: no device sync
         inv = (1.0 / scale).to(grads[0].dtype)
         for g in grads:
             g.mul_(inv)
@@ -158,8 +164,7 @@ def _global_norm(tensors) -> torch.Tensor:
 
 
 @METHODS.register("sam")
-class SAM(_AscentMethod):
-    name = "sam"
+class SAM(WeightAscentMethod):
     description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||"
     params = {"rho": Param(float, 0.05, "radius of the l2 weight perturbation", check=nonneg)}
     supports_fp16 = True
@@ -171,8 +176,7 @@ class SAM(_AscentMethod):
 
 
 @METHODS.register("asam")
-class ASAM(_AscentMethod):
-    name = "asam"
+class ASAM(WeightAscentMethod):
     description = "adaptive SAM (Kwon et al. 2021): scale-invariant radius, e = rho T^2 g / ||T g||, T = |w| + eta"
     params = {
         "rho": Param(float, 0.5, "radius in the normalized weight space", check=nonneg),
@@ -188,8 +192,7 @@ class ASAM(_AscentMethod):
 
 
 @METHODS.register("esam")
-class ESAM(_AscentMethod):
-    name = "esam"
+class ESAM(WeightAscentMethod):
     description = ("efficient SAM (Du et al. 2022): perturb a random beta fraction of parameter tensors, "
                    "take the second gradient on the gamma fraction of sharpest examples")
     params = {
@@ -207,31 +210,31 @@ class ESAM(_AscentMethod):
             return 2.0
         return 1.0 + 1.0 / 3.0 + self.p["gamma"]
 
-    def _first_pass(self, model, batch, adapter):
+    def _first_pass(self, model, batch, adapter, ctx):
         import torch
 
-        from suite import distributed as D
+        from suite import distributed
 
-        net = D.unwrap(model)
+        net = distributed.unwrap(model)
         params = [p for p in net.parameters() if p.requires_grad]
         chosen = None
         if self.p["beta"] < 1.0:  # SWP: tensors left out get no gradient and no perturbation
-            draws = D.same(torch.rand(len(params)))  # rank 0's draw on every rank
+            draws = distributed.same(torch.rand(len(params)))  # rank 0's draw on every rank
             chosen = [p for p, k in zip(params, (draws < self.p["beta"]).tolist()) if k]
         if chosen is None:  # every tensor: SAM's first pass, all-reduced by DDP (unless per replica)
-            with self._ascent_context(model):
+            with self._ascent_context(model, ctx):
                 out = adapter.forward(model, batch)
                 per_example = adapter.loss(out, batch, reduction="none")
                 loss = per_example.mean()
-                self._backward(loss)
+                self._backward(loss, ctx)
         else:  # some tensors: on the module itself (DDP's reducer waits for every gradient) ...
             out = adapter.forward(net, batch)
             per_example = adapter.loss(out, batch, reduction="none")
             loss = per_example.mean()
             if chosen:
-                self._backward(loss, inputs=chosen)
-                if self.ascent_sync:  # ... and all-reduced here
-                    D.all_reduce_grads_(chosen)
+                self._backward(loss, ctx, inputs=chosen)
+                if ctx.ascent_sync:  # ... and all-reduced here
+                    distributed.all_reduce_grads_(chosen, ctx.share)
         self._loss_before = per_example.detach()
         return out, loss
 
@@ -240,10 +243,10 @@ class ESAM(_AscentMethod):
         scale = self.p["rho"] / (self.p["beta"] * (_global_norm(grads) + 1e-12))
         return [None if g is None else g * scale for g in grads]
 
-    def _second_pass(self, model, batch, adapter, first_out, first_loss):
+    def _second_pass(self, model, batch, adapter, first_out, first_loss, ctx):
         import torch
 
-        from suite import distributed as D
+        from suite import distributed
 
         n = adapter.batch_size(batch)
         # at least two examples where the batch has them: a one-example batch cannot train BatchNorm
@@ -251,10 +254,10 @@ class ESAM(_AscentMethod):
         k = n if self.p["gamma"] >= 1.0 else max(min(2, n), int(n * self.p["gamma"]))
         if k < n:
             with torch.no_grad():  # rank by the rise of each example's loss, at w + e, without a graph
-                after = adapter.loss(adapter.forward(D.unwrap(model), batch), batch, reduction="none")
+                after = adapter.loss(adapter.forward(distributed.unwrap(model), batch), batch, reduction="none")
             sharpness = after - self._loss_before
             index = torch.topk(sharpness, k).indices.sort().values
             batch = adapter.subset(batch, index)
         self._loss_before = None
         loss = adapter.loss(adapter.forward(model, batch), batch)
-        self._backward(loss)
+        self._backward(loss, ctx)

@@ -9,50 +9,37 @@ The two perturbations never leak into each other's gradients: the attack runs wi
 gradients off (the engine's rule), the gradient at w is discarded before the pass at w + e, and w is
 restored by copying it back (w + e - e is not w in floating point) before the base optimizer steps.
 
-This module also holds the skeleton shared with AWP (`suite.methods.awp`): SAM's step
-(`suite.methods.sam`) with both passes on the adversarial batch. BatchNorm running statistics are
-updated exactly once per step, by the pass at the current weights w on the adversarial batch (AT's
-rule); the attacks and the pass at the perturbed weights use batch statistics but leave them alone.
+This module also holds the skeleton shared with AWP (`suite.methods.awp`), `AdversarialWeightAscent`:
+SAM's step (`suite.methods.sam`) with both passes on the adversarial batch. BatchNorm running
+statistics are updated exactly once per step, by the pass at the current weights w on the adversarial
+batch (AT's rule); the attacks and the pass at the perturbed weights use batch statistics but leave
+them alone.
 
 Cost: steps (attack) + 2 (the passes at w and at w + e); with reattack, 2 * steps + 2.
 """
 from __future__ import annotations
 
-from suite.methods.sam import SAM, _AscentMethod
-from suite.params import NORMS, Param, at_least_one, fmt_value, nonneg
+from suite.methods.adversarial import PGD_PARAMS, PGDThreatModel
+from suite.methods.sam import SAM, WeightAscentMethod
+from suite.params import Param, fmt_value, nonneg
 from suite.registry import METHODS
 
-# The threat model of the inner attack, with `at`'s defaults.
-PGD_PARAMS = {
-    "norm": Param(str, "linf", "threat model", choices=NORMS),
-    "eps": Param(float, 8 / 255, "perturbation budget (e.g. 8/255)", check=nonneg),
-    "step_size": Param(float, None, "PGD step; default 2.5 * eps / steps", check=nonneg, optional=True),
-    "steps": Param(int, 10, "PGD steps", check=at_least_one),
-    "random_start": Param(bool, True, "start from a uniform point in the ball"),
-}
 
-
-class _AdversarialAscent(_AscentMethod):
+class AdversarialWeightAscent(PGDThreatModel, WeightAscentMethod):
     """SAM's two-pass step on a PGD adversarial batch; subclasses define the weight perturbation."""
 
     reattack: bool = False  # re-run PGD at the perturbed weights for the second pass
-
-    def step(self) -> float:
-        s = self.p["step_size"]
-        return 2.5 * self.p["eps"] / self.p["steps"] if s is None else s
 
     def cost(self) -> float:
         return (2 if self.reattack else 1) * self.p["steps"] + 2.0
 
     def attack(self, model, batch, adapter):
-        from suite.attacks.engine import pgd
         from suite.modalities.base import frozen_bn_stats
 
         with frozen_bn_stats(model):
-            return pgd(model, adapter, batch, norm=self.p["norm"], eps=self.p["eps"], step_size=self.step(),
-                       steps=self.p["steps"], random_init=self.p["random_start"])
+            return self.pgd_attack(model, batch, adapter, random_init=self.p["random_start"])
 
-    def _first_pass(self, model, batch, adapter):
+    def _first_pass(self, model, batch, adapter, ctx):
         # at w on x': the pass that updates BatchNorm running statistics
         self._x_adv = self.attack(model, batch, adapter)
         out = adapter.forward_surface(model, batch, self._x_adv)
@@ -60,20 +47,16 @@ class _AdversarialAscent(_AscentMethod):
         loss.backward()
         return out, loss
 
-    def _second_pass(self, model, batch, adapter, first_out, first_loss):
+    def _second_pass(self, model, batch, adapter, first_out, first_loss, ctx):
         # at the perturbed weights, inside the base class's frozen_bn_stats
         x_adv = self.attack(model, batch, adapter) if self.reattack else self._x_adv
         self._x_adv = None
         loss = adapter.loss(adapter.forward_surface(model, batch, x_adv), batch)
         loss.backward()
 
-    def threat_label(self) -> str:
-        return f"{self.p['norm']} {fmt_value(self.p['eps'])} (PGD-{self.p['steps']})"
-
 
 @METHODS.register("sam_at")
-class SAMAdversarialTraining(_AdversarialAscent):
-    name = "sam_at"
+class SAMAdversarialTraining(AdversarialWeightAscent):
     description = "SAM around PGD-AT: gradient at w + rho g/||g|| of the adversarial loss, on the same x'"
     params = {
         "rho": Param(float, 0.05, "radius of the l2 weight perturbation", check=nonneg),

@@ -7,14 +7,13 @@ from suite.registry import METHODS
 
 @METHODS.register("st")
 class StandardTraining(Method):
-    name = "st"
     description = "standard training: the base optimizer (SGD with momentum/weight decay, or AdamW) on the clean loss"
     params = {}
 
     def cost(self) -> float:
         return 1.0
 
-    def train_step(self, model, batch, optimizer, adapter):
+    def train_step(self, model, batch, optimizer, adapter, ctx=None):
         optimizer.zero_grad(set_to_none=True)
         out = adapter.forward(model, batch)
         loss = adapter.loss(out, batch)

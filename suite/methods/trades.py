@@ -25,8 +25,9 @@ Differences from the authors' code, each on purpose:
 """
 from __future__ import annotations
 
+from suite.methods.adversarial import PGDThreatModel, pgd_params
 from suite.methods.base import Method
-from suite.params import NORMS, Param, at_least_one, fmt_value, nonneg
+from suite.params import Param, fmt_value, nonneg
 from suite.registry import METHODS
 
 START_STD = 0.001  # the authors' x' = x + 0.001 * randn
@@ -46,21 +47,15 @@ def kl_per_example(p_logits, q_logits):
 
 
 @METHODS.register("trades")
-class TRADES(Method):
-    name = "trades"
+class TRADES(PGDThreatModel, Method):
     description = "TRADES (Zhang et al. 2019): CE(f(x)) + beta KL(f(x) || f(x')), x' maximises the KL by PGD"
     params = {
         "beta": Param(float, 6.0, "weight of the KL robustness term (1/lambda in the paper)", check=nonneg),
-        "norm": Param(str, "linf", "threat model", choices=NORMS),
-        "eps": Param(float, 8 / 255, "perturbation budget (e.g. 8/255)", check=nonneg),
-        "step_size": Param(float, None, "PGD step; default 2.5 * eps / steps (2/255 for 8/255 and 10 steps)",
-                           check=nonneg, optional=True),
-        "steps": Param(int, 10, "PGD steps of the inner maximisation", check=at_least_one),
+        # the threat model without a random start (the start is the authors' Gaussian one, START_STD)
+        **pgd_params(random_start=False,
+                     step_size="PGD step; default 2.5 * eps / steps (2/255 for 8/255 and 10 steps)",
+                     steps="PGD steps of the inner maximisation"),
     }
-
-    def step(self) -> float:
-        s = self.p["step_size"]
-        return 2.5 * self.p["eps"] / self.p["steps"] if s is None else s
 
     def cost(self) -> float:
         return self.p["steps"] + 2.0
@@ -70,15 +65,12 @@ class TRADES(Method):
         turns parameter gradients off while it attacks)."""
         import torch
 
-        from suite.attacks.engine import pgd
-
         x0 = adapter.surface(model, batch).detach()
         target = target_logits.detach()
-        return pgd(model, adapter, batch, norm=self.p["norm"], eps=self.p["eps"], step_size=self.step(),
-                   steps=self.p["steps"], loss_fn=lambda out, b: kl_per_example(target, out).sum(),
-                   init=START_STD * torch.randn_like(x0))
+        return self.pgd_attack(model, batch, adapter, loss_fn=lambda out, b: kl_per_example(target, out).sum(),
+                               init=START_STD * torch.randn_like(x0))
 
-    def train_step(self, model, batch, optimizer, adapter):
+    def train_step(self, model, batch, optimizer, adapter, ctx=None):
         from suite.modalities.base import frozen_bn_stats
 
         optimizer.zero_grad(set_to_none=True)
@@ -96,5 +88,4 @@ class TRADES(Method):
                 "adv_acc": adapter.correct(out_adv.detach(), batch).float().mean().item()}
 
     def label(self) -> str:
-        return (f"TRADES beta={fmt_value(self.p['beta'])} {self.p['norm']} {fmt_value(self.p['eps'])} "
-                f"(PGD-{self.p['steps']})")
+        return f"TRADES beta={fmt_value(self.p['beta'])} {self.threat_label()}"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that listing the reg
 
 class Adapter:
     name: str = "base"
-    metric: str = "accuracy"  # what `correct` averages to
+    metric: str = "accuracy"  # the headline key of `summarize` (classification: the mean of `correct`)
     bounds: tuple[float, float] | None = None
 
     def __init__(self, task: Any = None):
@@ -42,7 +42,23 @@ class Adapter:
         raise NotImplementedError
 
     def correct(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
-        """Per-example bool tensor: is the prediction right?"""
+        """How right the predictions are, one value per example: a tensor of shape (N,).
+
+        - An adapter with `attack_only_correct` (classification: image, features, text) returns a
+          bool tensor: is the prediction right? It is a verdict: by default it is the adapter's
+          `example_stats` (evaluation attacks only the examples it marks True), and attacks read
+          `~correct` as their per-example success.
+        - An adapter without it returns floats in [0, 1], on purpose: segmentation returns each
+          image's pixel accuracy over its valid (not ignored) pixels, 1.0 for an image without any
+          (`example_score(example_stats(...))`), since no image is simply right or wrong. Such an
+          adapter overrides `example_stats`, so evaluation does not read `correct`, and the attacks
+          that need a verdict (`~correct`: C&W, Pixle, StAdv, PGD's restarts) do not run on it
+          (they declare only classification modalities, or check `attack_only_correct`).
+
+        Either way `correct(...).float().mean()` is the accuracy the methods report as "acc" while
+        they train (segmentation: the mean per-image pixel accuracy, not the pixel accuracy of the
+        batch's pixels pooled, nor mIoU).
+        """
         raise NotImplementedError
 
     # --- attack surface ------------------------------------------------------------------------

@@ -11,16 +11,8 @@ from suite.modalities.base import Adapter
 from suite.registry import MODALITIES
 
 
-def __getattr__(name):  # `from suite.modalities.image import Normalize` still works, lazily
-    if name == "Normalize":
-        from suite.models.layers import Normalize
-        return Normalize
-    raise AttributeError(name)
-
-
 @MODALITIES.register("image")
 class ImageClassification(Adapter):
-    name = "image"
     bounds = (0.0, 1.0)
 
     def to_device(self, batch, device):
@@ -69,7 +61,6 @@ class FeatureClassification(ImageClassification):
     length D), e.g. the toy model's non-robust features only.
     """
 
-    name = "features"
     bounds = None
 
     def surface_mask(self, batch):

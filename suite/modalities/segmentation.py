@@ -32,10 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from suite.config import IGNORE_INDEX  # the value of unlabelled pixels in every mask this adapter sees
 from suite.modalities.base import Adapter
 from suite.registry import MODALITIES
-
-IGNORE_INDEX = 255  # the value of unlabelled pixels in every mask this adapter sees
 
 
 def confusion_matrices(pred, mask, num_classes: int, ignore_index: int = IGNORE_INDEX):
@@ -77,7 +76,6 @@ def metrics_from_confusion(cm) -> dict[str, Any]:
 
 @MODALITIES.register("segmentation")
 class Segmentation(Adapter):
-    name = "segmentation"
     metric = "mIoU"
     bounds = (0.0, 1.0)
     ignore_index = IGNORE_INDEX

@@ -22,17 +22,6 @@ from suite.errors import UserError
 from suite.modalities.base import Adapter
 from suite.registry import MODALITIES
 
-
-def __getattr__(name):  # the model and data classes live in suite.models / suite.data (they import torch)
-    if name == "TextClassifier":
-        from suite.models.text import TextClassifier
-        return TextClassifier
-    if name in ("TextCollate", "TextDataset"):
-        import suite.data.text as d
-        return getattr(d, name)
-    raise AttributeError(name)
-
-
 _TENSOR_KEYS = ("input_ids", "attention_mask", "labels")
 
 
@@ -45,7 +34,6 @@ def _require_text_model(model):
 
 @MODALITIES.register("text")
 class TextClassification(Adapter):
-    name = "text"
     metric = "accuracy"
     bounds = None  # embeddings are unbounded
 

@@ -28,7 +28,7 @@ from torch import nn
 from suite.errors import UserError
 from suite.hub import hf_offline as _hf_offline
 from suite.hub import hub_reachable as _hub_reachable
-from suite.modalities.image import Normalize
+from suite.models.layers import Normalize
 
 ENCODERS = ("mobilenet_v2", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
