@@ -475,6 +475,66 @@ def _paired_table(rows: list[Row], metric: str, cache: dict) -> list[str]:
                  "0; p: exact McNemar test (one seed each, accuracy)." , ""])
 
 
+# attacks that check PGD at its own budget (the same norm and eps): AutoAttack and its APGD-CE+T part
+STRONGER = ("apgd", "autoattack")
+
+
+def _check_pairs(row: Row) -> list[tuple[str, str]]:
+    """(PGD label, stronger attack label) pairs of one row at the same norm and budget."""
+    entries = row.records[0]["metrics"].get("attacks", [])
+    pgd = [a for a in entries if a["name"] == "pgd"]
+    pairs = []
+    for strong in (a for a in entries if a["name"] in STRONGER):
+        for a in pgd:
+            if (a["params"].get("norm") == strong["params"].get("norm")
+                    and math.isclose(a["params"].get("eps", -1), strong["params"].get("eps", -2), rel_tol=1e-9)):
+                pairs.append((a["label"], strong["label"]))
+    return pairs
+
+
+def _stronger_gap(row: Row, pgd: str, strong: str):
+    """PGD's and the stronger attack's accuracy on the stronger attack's examples, their paired
+    difference, and how many examples PGD left robust that the stronger attack broke (over seeds)."""
+    if not row.has_outcomes or row.outcomes[0].kind != "correct":
+        return None
+    mine, theirs = [], []
+    for o in row.outcomes:
+        (c_pgd, a_pgd), (c_strong, a_strong) = o.column(pgd), o.column(strong)
+        if not c_pgd[c_strong].all():
+            return None
+        mine.append(a_pgd[c_strong])
+        theirs.append(a_strong[c_strong])
+    if len({len(m) for m in mine}) != 1:
+        return None
+    mine, theirs = np.stack(mine), np.stack(theirs)
+    missed = int((mine & ~theirs).sum())
+    return 100.0 * mine.mean(), 100.0 * theirs.mean(), stats.paired_difference("correct", mine, theirs), missed
+
+
+def _stronger_table(rows: list[Row]) -> list[str]:
+    """Is PGD enough? PGD against a stronger attack at the same budget, on the same examples."""
+    body = []
+    for row in rows:
+        for pgd, strong in _check_pairs(row):
+            gap = _stronger_gap(row, pgd, strong)
+            if gap is None:
+                continue
+            acc_pgd, acc_strong, d, missed = gap
+            body.append(f"| {_label(row)} | {pgd} | {strong} | {d.n} | {acc_pgd:.1f} | {acc_strong:.1f} | "
+                        f"{_diff_text(d)} | {missed} |")
+    if not body:
+        return []
+    head = ["method", "PGD", "stronger attack", "examples", "PGD acc.", "stronger acc.", "PGD minus stronger",
+            "PGD missed"]
+    return (["### Is PGD enough? (a stronger attack at the same budget, on the same examples)", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+            + body + ["", "Accuracy in % on the stronger attack's examples (a nested part of the evaluated ones), "
+                          "PGD's outcome on those same examples; the difference in points with its 95% paired "
+                          "bootstrap interval (**bold**: it excludes 0, so PGD overstates robustness there); "
+                          "PGD missed: examples PGD left correct that the stronger attack broke (summed over "
+                          "seeds).", ""])
+
+
 def _collapsed_note(rows: list[Row]) -> list[str]:
     flagged = [row for row in rows if row.collapsed]
     if not flagged:
@@ -607,6 +667,7 @@ def render(task: Task, records: list[dict]) -> str:
         out += _collapsed_note(rows) + _missing_outcomes_note(rows)
         out += _details_table(rows, metric)
         out += _paired_table(rows, metric, cache)
+        out += _stronger_table(rows)
         out += _secondary_table(rows, metric)
         out += _corruption_table(rows)
         out += _attack_details(rows)

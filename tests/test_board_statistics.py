@@ -265,3 +265,38 @@ def test_plot_axes_stay_inside_zero_to_hundred():
     assert _limits([99.5]) == (97.5, 100.0)
     assert _limits([0.5, 1.0]) == (0.0, 3.0)
 
+
+def test_board_reports_the_gap_between_pgd_and_a_stronger_attack_on_the_same_examples():
+    """PGD on 1,000 examples, APGD-CE+T on a nested 400 of them: the board compares the two on those
+    400 only, and the gap (examples PGD left correct that APGD broke) is the one built in."""
+    rng = np.random.default_rng(3)
+    n, labels = 1000, np.arange(1000) % 2
+    clean = rng.random(n) < 0.9
+    pgd = clean & (rng.random(n) < 0.5)
+    cover = np.zeros(n, dtype=bool)
+    cover[rng.choice(n, 400, replace=False)] = True
+    apgd = pgd.copy()
+    broken = np.flatnonzero(pgd & cover)[:40]  # APGD breaks 40 of the examples PGD left correct
+    apgd[broken] = False
+    apgd[~cover] = False  # outside its cover an attack's outcome is not read
+    attacks = [("PGD-10 linf 2/255", "norm-bounded", np.ones(n, dtype=bool), pgd),
+               ("APGD-CE+T linf 2/255", "norm-bounded", cover, apgd)]
+    out = outcomes.Outcomes("correct", n, np.arange(n), clean, np.where(clean, labels, 1 - labels), attacks,
+                     np.bincount(labels, minlength=2))
+    entries = [{"name": "pgd", "label": "PGD-10 linf 2/255", "params": {"norm": "linf", "eps": 2 / 255},
+                "value": 100 * pgd.mean(), "n": n, "attacked": int(clean.sum()), "threat": "norm-bounded"},
+               {"name": "apgd", "label": "APGD-CE+T linf 2/255", "params": {"norm": "linf", "eps": 2 / 255},
+                "value": 100 * apgd[cover].mean(), "n": 400, "attacked": int((clean & cover).sum()),
+                "threat": "norm-bounded"}]
+    metrics = {"metric": "accuracy", "n": n, "clean": 100 * clean.mean(), "attacks": entries,
+               "worst_case": None, "worst_case_n": 0, "outcomes": out.to_json()}
+    md = render(TASKS.get("digits"), [_record(metrics)])
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ST | PGD-10 linf 2/255 | APGD-CE+T"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "400" and cells[-1] == "40"
+    assert float(cells[4]) == pytest.approx(100 * pgd[cover].mean(), abs=0.05)
+    assert float(cells[5]) == pytest.approx(100 * apgd[cover].mean(), abs=0.05)
+    assert cells[6].startswith("**+10.0**")  # 40 of 400: 10 points, interval excludes 0
+    assert "### Is PGD enough?" in md
+    # no stronger attack at PGD's budget: no such section
+    assert "Is PGD enough?" not in render(TASKS.get("digits"), _board_records(np.random.default_rng(0)))
