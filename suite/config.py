@@ -53,6 +53,7 @@ class TrainConfig:
     # Choosing a recipe without touching the test split (also only in a run's identity when set):
     eval_split: str = "test"        # "val": evaluate on the task's validation split (DataBundle.val)
     val_every: int = 0              # > 0: the clean metric on the validation split every N epochs, in history
+    crop: int = 0                   # segmentation: the training crop side (square); 0 = the task's own
 
     def validate(self) -> "TrainConfig":
         def bad(name, why):
@@ -101,6 +102,8 @@ class TrainConfig:
             bad("eval_split", f"must be one of {', '.join(EVAL_SPLITS)}")
         if self.val_every < 0:
             bad("val_every", "must be >= 0 (0 = off)")
+        if self.crop < 0:
+            bad("crop", "must be >= 0 (0 = the task's own crop)")
         return self
 
     def override(self, items: Mapping[str, str]) -> "TrainConfig":
@@ -137,6 +140,7 @@ class TaskOptions:
     """What a user may change about how a task is built, beyond its recipe."""
     data_dir: Path | None = None
     model: str | None = None       # e.g. a hub id or a local directory (text tasks)
+    crop: int = 0                  # training crop side of segmentation tasks (TrainConfig.crop); 0: the task's own
 
 
 # Segmentation masks: the value of unlabelled pixels (void, borders) in every mask the suite reads or

@@ -95,7 +95,8 @@ class RunPlan:
 # Training settings added after runs were first recorded (the speed switches of suite.train): they
 # enter a run's identity only when set away from their defaults, so earlier run ids stay valid.
 LATER_TRAIN_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                      if f.name in ("channels_last", "compile", "sync_bn", "sam_ascent", "eval_split", "val_every")}
+                      if f.name in ("channels_last", "compile", "sync_bn", "sam_ascent", "eval_split", "val_every",
+                                    "crop")}
 
 
 def train_identity(cfg: TrainConfig) -> dict:
@@ -162,6 +163,9 @@ def plan_run(
     method = method_cls(**params)
     cfg = task.recipe.override(train_set) if train_set else task.recipe.validate()
     method.check_settings(cfg)  # settings this method cannot work with (amp=fp16, AWP's warm-up), now
+    if cfg.crop and task.modality != "segmentation":
+        raise UserError(f"--set crop={cfg.crop}: the training crop is a setting of segmentation tasks; task "
+                        f"{task.name} is {task.modality}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     adapter = MODALITIES.get(task.modality)(task)
@@ -239,7 +243,7 @@ def prepare_data(plan: RunPlan):
     if plan.corruptions:  # the files are checked (headers only) before anything trains or is decoded
         from suite.data.corruptions import check_folder
         check_folder(corruption_folder(plan, plan.options), plan.corruptions, plan.task.corruption_data)
-    data, options = build_data(plan.task, plan.options)
+    data, options = build_data(plan.task, dataclasses.replace(plan.options, crop=plan.cfg.crop))
     cfg = plan.cfg
     if (cfg.eval_split == "val" or cfg.val_every) and data.val is None:
         raise UserError(f"task {plan.task.name} has no validation split, so eval_split=val and val_every are not "

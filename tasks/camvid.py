@@ -63,6 +63,7 @@ def build_data(options: TaskOptions) -> DataBundle:
         camvid_pairs(root, split)
     x_train, m_train = load_camvid(root, "train", SIZE)
     x_test, m_test = load_camvid(root, "test", SIZE)
+    crop = (options.crop, options.crop) if options.crop else CROP  # --set crop=N
     val = None
     if (root / "val").is_dir():  # SegNet's 101 val images, for choosing a recipe (--set eval_split=val)
         val = SegmentationDataset(*load_camvid(root, "val", SIZE))
@@ -70,7 +71,7 @@ def build_data(options: TaskOptions) -> DataBundle:
         train=SegmentationDataset(x_train, m_train),
         test=SegmentationDataset(x_test, m_test),
         val=val,
-        train_transform=BatchAugment(JointAugment(crop=CROP, scale=SCALE, flip=True)),
+        train_transform=BatchAugment(JointAugment(crop=crop, scale=SCALE, flip=True)),
         fingerprint=array_fingerprint(x_train, m_train, x_test, m_test),
     )
 

@@ -47,7 +47,7 @@ def build_data(options: TaskOptions) -> DataBundle:
     train, test = stanford_split(len(pairs), TRAIN_FRACTION, SPLIT_SEED)
     fit, val = holdout(train, VAL_FRACTION, SPLIT_SEED)
     pick = lambda seq, idx: [seq[i] for i in idx]
-    augment = JointAugment(crop=CROP, scale=SCALE, flip=True)
+    augment = JointAugment(crop=(options.crop, options.crop) if options.crop else CROP, scale=SCALE, flip=True)
     return DataBundle(
         train=SegmentationDataset(pick(images, train), pick(masks, train), augment=augment),
         test=SegmentationDataset(pick(images, test), pick(masks, test)),

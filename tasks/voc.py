@@ -66,7 +66,7 @@ def _builder(train_list: str):
             if overlap:
                 raise UserError(f"voc: {train_list}.txt lists {len(overlap)} val images (e.g. {min(overlap)}); "
                                 "the training list must not overlap val")
-        augment = JointAugment(crop=CROP, scale=SCALE, flip=True)
+        augment = JointAugment(crop=(options.crop, options.crop) if options.crop else CROP, scale=SCALE, flip=True)
         return DataBundle(
             train=SegmentationDataset(load=FilePairs(train, read_voc_pair), augment=augment),
             test=SegmentationDataset(load=FilePairs(test, read_voc_pair)),

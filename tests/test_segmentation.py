@@ -481,6 +481,28 @@ def test_segmentation_tasks_are_registered_with_their_protocol():
 
 
 # --- every segmentation task end to end: the CLI's path (plan, train, evaluate, record) ---------------
+def test_stanford_background_holds_out_validation_images_and_takes_a_crop(tmp_path):
+    write_stanford(tmp_path, n=20)
+    data = TASKS.get("stanford_background").build_data(TaskOptions(data_dir=tmp_path, crop=8))
+    assert len(data.train) == 16 and len(data.val) == 2 and len(data.train_without_val) == 14
+    train_idx, _ = segdata.stanford_split(20)
+    fit, val = segdata.holdout(train_idx, 0.15, 0)
+    assert sorted(np.concatenate([fit, val]).tolist()) == sorted(train_idx.tolist()) and not set(fit) & set(val)
+    # the held-out images are evaluated at full size (image i is 12 + i rows by 16); training ones cropped
+    assert tuple(data.val[0][0].shape) == (3, 12 + int(val[0]), 16)
+    assert tuple(data.train_without_val[0][0].shape) == (3, 8, 8)
+    torch.manual_seed(0)
+    assert data.train[0][0].shape == (3, 8, 8)  # --set crop=8 reaches the augmentation
+
+
+def test_crop_is_refused_outside_segmentation():
+    from suite.runner import plan_run
+
+    with pytest.raises(UserError, match="segmentation"):
+        plan_run("digits", "st", overrides={"crop": "16"})
+    assert plan_run("camvid", "st", overrides={"crop": "96"}).run_id != plan_run("camvid", "st").run_id
+
+
 SEG_SMOKE = [("voc", "st"), ("stanford_background", "sam"), ("camvid", "at")]
 
 
