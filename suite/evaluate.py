@@ -263,6 +263,16 @@ def _add_worst_cases(metrics: dict, adapter, built, ex: Examples, state: dict) -
                 metrics["worst_case_metrics"] = fam["metrics"]
 
 
+def clean_summary(model, adapter, dataset, *, batch_size: int, device, collate=None) -> dict:
+    """The adapter's clean metrics of a model (in eval mode) over a whole dataset, in order."""
+    parts = []
+    with torch.no_grad():
+        for batch in eval_batches(dataset, batch_size, collate):
+            batch = adapter.to_device(batch, device)
+            parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
+    return adapter.summarize(torch.cat(parts))
+
+
 def evaluate_corruptions(model, adapter, folder, items, *, dataset_name: str, batch_size: int, device,
                          n_examples: int = 0, subset_strategy: str = "stratified", subset_seed: int = 0) -> dict:
     """The clean metric under each corruption (CIFAR-10-C style files), on a subset of the corrupted
@@ -277,12 +287,7 @@ def evaluate_corruptions(model, adapter, folder, items, *, dataset_name: str, ba
     rows = []
     for name, severity in items:
         ds = corruptions.load_corruption(folder, name, severity, idx, dataset=dataset_name)
-        parts = []
-        with torch.no_grad():
-            for batch in eval_batches(ds, batch_size):
-                batch = adapter.to_device(batch, device)
-                parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
-        value = adapter.summarize(torch.cat(parts))[adapter.metric]
+        value = clean_summary(model, adapter, ds, batch_size=batch_size, device=device)[adapter.metric]
         rows.append({"name": name, "severity": severity, "label": f"{name}:{severity}", "value": value,
                      "n": len(idx)})
     return {"dataset": dataset_name, "subset": subsets.describe(subset_strategy, subset_seed, idx, len(labels)),

@@ -570,8 +570,8 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
         if lines:  # a log has no attack progress bars: say what the next stretch is
             log(f"evaluation: clean and {len(plan.attacks)} attack{'' if len(plan.attacks) == 1 else 's'} "
                 f"on {cfg.eval_examples or 'all'} test examples ...")
-        metrics = evaluate_model(plan, model, data, options, device, state_path=run_dir / "eval_state.pt",
-                                 progress=progress, log=log)
+        metrics = evaluate_model(plan, model, data, device, state_path=run_dir / "eval_state.pt", progress=progress)
+        metrics.update(after_evaluation(plan, model, data, options, device, progress=progress, log=log))
         record["metrics"] = metrics
         record["history"] = result.history
         if notes:
@@ -605,21 +605,16 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
 def validation(plan: RunPlan, data, device):
     """validate(model, epochs_done) for the training loop: every `val_every` epochs (and after the
     last), the clean metrics on the validation split, as {"val_<metric>": value, ...}."""
-    from suite.data.batches import eval_batches
+    from suite.evaluate import clean_summary
 
-    cfg, adapter = plan.cfg, plan.adapter
+    cfg = plan.cfg
 
     def validate(model, epochs_done: int) -> dict:
-        import torch
-
         if epochs_done % cfg.val_every and epochs_done != cfg.epochs:
             return {}
-        parts = []
-        with torch.no_grad():
-            for batch in eval_batches(data.val, cfg.eval_batch_size, data.collate):
-                batch = adapter.to_device(batch, device)
-                parts.append(adapter.example_stats(adapter.forward(model, batch), batch).cpu())
-        return {f"val_{k}": v for k, v in adapter.summarize(torch.cat(parts)).items()}
+        summary = clean_summary(model, plan.adapter, data.val, batch_size=cfg.eval_batch_size, device=device,
+                                collate=data.collate)
+        return {f"val_{k}": v for k, v in summary.items()}
 
     return validate
 
@@ -638,10 +633,8 @@ def new_record(plan: RunPlan, rid: str, method: dict, train: dict) -> dict:
     }
 
 
-def evaluate_model(plan: RunPlan, model, data, options, device, *, state_path: Path, progress: bool, log,
-                   corruptions_and_analyses: bool = True) -> dict:
-    """The plan's evaluation of a model (clean and every attack, resumable from `state_path`), then
-    its corruptions and analyses."""
+def evaluate_model(plan: RunPlan, model, data, device, *, state_path: Path, progress: bool) -> dict:
+    """The plan's evaluation of a model: clean and every attack, resumable from `state_path`."""
     from suite.evaluate import evaluate
 
     cfg = plan.cfg
@@ -650,8 +643,6 @@ def evaluate_model(plan: RunPlan, model, data, options, device, *, state_path: P
                        seed=plan.seed, n_examples=cfg.eval_examples, subset_strategy=cfg.eval_subset,
                        subset_seed=cfg.subset_seed, progress=progress_mode(progress)[0],
                        data_fingerprint=data.fingerprint)
-    if corruptions_and_analyses:
-        metrics.update(after_evaluation(plan, model, data, options, device, progress=progress, log=log))
     return metrics
 
 
@@ -816,8 +807,7 @@ def execute_eval(plan: RunPlan, checkpoint: Path, store: RecordStore | None, *, 
     created = Created([state_path.parent] + ([store.root / "records" / plan.task.name / ".locks"] if store else []))
     t0 = time.perf_counter()
     try:
-        metrics = evaluate_model(plan, model, data, options, device, state_path=state_path, progress=progress,
-                                 log=log, corruptions_and_analyses=False)
+        metrics = evaluate_model(plan, model, data, device, state_path=state_path, progress=progress)
     except UserError:
         created.undo()
         raise
