@@ -318,8 +318,9 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None, dict]:
-    """A preset declared by a task (Task.sweeps) or a TOML grid file -> (task, [(method, params)], seeds, set)."""
+def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None, dict, list[str] | None]:
+    """A preset declared by a task (Task.sweeps) or a TOML grid file -> (task, [(method, params)], seeds, set,
+    attacks). A file may name the evaluation suite (`attacks = ["pgd:..."]`, as --attacks; --attacks wins)."""
     from suite.registry import TASKS
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
@@ -345,7 +346,12 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
         if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
             raise UserError(f"--grid {spec}: seeds must be a list of integers")
         sets = {k: str(v) for k, v in grid.get("set", {}).items()}
-        return grid["task"], runs, seeds, sets
+        attacks = grid.get("attacks")
+        if attacks is not None and (not isinstance(attacks, list) or not attacks
+                                    or not all(isinstance(a, str) for a in attacks)):
+            raise UserError(f"--grid {spec}: attacks must be a non-empty list of attack specs, "
+                            "e.g. [\"pgd:norm=linf,eps=2/255\"]")
+        return grid["task"], runs, seeds, sets, attacks
     owners = [(name, t) for name, t in TASKS.items() if spec in t.sweeps]
     if not owners:
         presets = sorted(p for _, t in TASKS.items() for p in t.sweeps)
@@ -355,7 +361,7 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
         raise UserError(f"--grid {spec}: the preset is declared by tasks {', '.join(n for n, _ in owners)}; "
                         "a preset name must be unique (rename one)")
     name, task = owners[0]
-    return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}
+    return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}, None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -384,13 +390,14 @@ def cmd_sweep(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("sweep is not run under torchrun: launch `torchrun ... -m suite run ...` per run, or "
                         "spread the grid over processes with --shard I/N (one GPU each)")
-    task, runs, grid_seeds, sets = load_grid(args.grid)
+    task, runs, grid_seeds, sets, grid_attacks = load_grid(args.grid)
+    attacks = args.attacks if args.attacks is not None else grid_attacks
     seeds = args.seeds if args.seeds is not None else (grid_seeds or [0])
     sets.update(_kv(args.overrides, "--set"))
     shard = parse_shard(args.shard)
     store = RecordStore(Path(args.out))
     # plan everything first: a typo in the last run fails before the first one trains
-    plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, attacks=args.attacks,
+    plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, attacks=attacks,
                       analyses=args.analyses, options=_options(args), check_needs=not args.dry_run)
              for (m, p) in runs for s in seeds]
     if shard is not None:

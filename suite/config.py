@@ -197,6 +197,7 @@ class Task:
     corruption_data: str = ""       # folder under --data-dir with <corruption>.npy files (e.g. "CIFAR-10-C")
     corruptions: str = ""           # default corruption spec (suite.data.corruptions), "" = none
     needs_data_dir: bool = False    # the task reads files from --data-dir / SUITE_DATA_DIR
+    class_names: tuple = ()         # names of the classes, in label order (boards: per-class IoU columns)
 
 
 def check_sync_bn(device) -> None:

@@ -142,6 +142,7 @@ class Row:
         self.threats: dict[str, str] = {}
         self.stats: dict[str, list[dict]] = defaultdict(list)
         self.secondary: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.per_class: dict[str, list[list]] = defaultdict(list)  # column -> per seed, per class (None: absent)
         self.analysis: dict[str, list[float]] = defaultdict(list)
         self.family_worst: dict[str, list[float]] = defaultdict(list)
         # per column ("clean", attack labels, WORST): value and number of examples, per seed
@@ -152,6 +153,8 @@ class Row:
             for key, val in (m.get("clean_metrics") or {}).items():
                 if isinstance(val, (int, float)):
                     self.secondary["clean"][key].append(val)
+            if isinstance((m.get("clean_metrics") or {}).get("per_class_iou"), list):
+                self.per_class["clean"].append(m["clean_metrics"]["per_class_iou"])
             for key, val in (m.get("worst_case_metrics") or {}).items():
                 if isinstance(val, (int, float)) and _record_worst(r)[0] is not None:
                     self.secondary["worst case"][key].append(val)
@@ -167,6 +170,8 @@ class Row:
                 for key, val in (a.get("metrics") or {}).items():
                     if isinstance(val, (int, float)):
                         self.secondary[a["label"]][key].append(val)
+                if isinstance((a.get("metrics") or {}).get("per_class_iou"), list):
+                    self.per_class[a["label"]].append(a["metrics"]["per_class_iou"])
             for fam in m.get("worst_by_threat", []):
                 if fam["threat"] != outcomes.NORM_BOUNDED and fam.get("attacks", 1) > 1:
                     self.family_worst[fam["threat"]].append(fam["value"])
@@ -543,6 +548,20 @@ def _collapsed_note(rows: list[Row]) -> list[str]:
             "robust model): " + "; ".join(f"{row.label}: {row.collapsed}" for row in flagged) + ".", ""]
 
 
+def _notes(rows: list[Row]) -> list[str]:
+    """What the runs themselves recorded about their model (e.g. an encoder trained from scratch because
+    its pretrained weights could not be loaded), once per distinct note, with the rows it applies to."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        for note in dict.fromkeys(n for r in row.records for n in r.get("notes", [])):
+            seen.setdefault(note, []).append(row.label)
+    if not seen:
+        return []
+    every = len(rows)
+    return [f"Recorded by the runs ({'all rows' if len(labels) == every else ', '.join(labels)}): {note}."
+            for note, labels in seen.items()] + [""]
+
+
 def _missing_outcomes_note(rows: list[Row]) -> list[str]:
     old = [row.label for row in rows if not row.has_outcomes]
     if not old:
@@ -568,6 +587,26 @@ def _secondary_table(rows: list[Row], metric: str) -> list[str]:
                        + " |")
         out.append("")
     return out
+
+
+def _per_class_table(rows: list[Row], names: tuple) -> list[str]:
+    """Segmentation: IoU of each class, clean and under each attack (mean over seeds; – where the class is
+    neither in the ground truth nor in the predictions of the evaluated images)."""
+    if not any(row.per_class for row in rows):
+        return []
+    width = max(len(v) for row in rows for per_seed in row.per_class.values() for v in per_seed)
+    names = tuple(names) if len(names) == width else tuple(f"class {i}" for i in range(width))
+    cols = ["clean"] + sorted({c for row in rows for c in row.per_class if c != "clean"}, key=_attack_order(rows))
+    out = ["### per-class IoU", "", "| method | evaluated on | " + " | ".join(names) + " |",
+           "|" + "|".join(["---", "---"] + ["---:"] * len(names)) + "|"]
+    for row in rows:
+        for col in cols:
+            per_seed = row.per_class.get(col)
+            if not per_seed:
+                continue
+            cells = [_cell([v[i] for v in per_seed if i < len(v) and v[i] is not None]) for i in range(width)]
+            out.append(f"| {row.label} | {col} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _corruption_table(rows: list[Row]) -> list[str]:
@@ -664,11 +703,12 @@ def render(task: Task, records: list[dict]) -> str:
             out += [f"## Evaluation protocol {chr(ord('A') + gi)}" + (" (main)" if gi == 0 else ""), ""]
         out += _main_table(rows, baselines, metric, cache)
         out += ["", _protocol(rows, metric, failed if gi == 0 else 0), ""]
-        out += _collapsed_note(rows) + _missing_outcomes_note(rows)
+        out += _collapsed_note(rows) + _missing_outcomes_note(rows) + _notes(rows)
         out += _details_table(rows, metric)
         out += _paired_table(rows, metric, cache)
         out += _stronger_table(rows)
         out += _secondary_table(rows, metric)
+        out += _per_class_table(rows, task.class_names)
         out += _corruption_table(rows)
         out += _attack_details(rows)
     if groups:

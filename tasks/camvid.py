@@ -28,6 +28,7 @@ otherwise (the run records a notice); `--model mobilenet_v2:scratch` asks for sc
 from __future__ import annotations
 
 from suite.config import DataBundle, Task, TaskOptions
+from suite.data.labels import CAMVID_CLASSES
 from suite.registry import TASKS
 from tasks.voc import segmentation_recipe  # the paper's segmentation recipe, sized for a CPU here
 
@@ -108,4 +109,5 @@ TASKS.register("camvid", Task(
     },
     default_model="mobilenet_v2",
     needs_data_dir=True,
+    class_names=CAMVID_CLASSES,
 ))

@@ -19,6 +19,7 @@ time. A GPU task. `--model` as for `camvid`.
 from __future__ import annotations
 
 from suite.config import DataBundle, Task, TaskOptions
+from suite.data.labels import STANFORD_CLASSES
 from suite.registry import TASKS
 from tasks.voc import EVALUATION, METHOD_DEFAULTS, segmentation_recipe  # the paper's protocol, as on VOC
 
@@ -83,4 +84,5 @@ TASKS.register("stanford_background", Task(
     },
     default_model="mobilenet_v2",
     needs_data_dir=True,
+    class_names=STANFORD_CLASSES,
 ))

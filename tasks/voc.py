@@ -20,6 +20,7 @@ A GPU task. `--model` as for `camvid` (mobilenet_v2, resnet50, ...:scratch, or a
 from __future__ import annotations
 
 from suite.config import DataBundle, Task, TaskOptions, TrainConfig
+from suite.data.labels import VOC_CLASSES
 from suite.registry import TASKS
 
 CROP = (513, 513)
@@ -110,4 +111,5 @@ for _name, _list, _epochs, _what in (("voc", "train", 326, "1,464 train images")
                                   ("at", {"norm": "linf", "eps": 2 / 255, "steps": 5, "step_size": 1 / 255}))},
         default_model="mobilenet_v2",
         needs_data_dir=True,
+        class_names=VOC_CLASSES,
     ))

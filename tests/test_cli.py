@@ -1,5 +1,6 @@
 """The command line end to end on the offline digits task, and its one-line errors for bad input."""
 import json
+import re
 
 import pytest
 
@@ -97,6 +98,23 @@ def test_sweep_grid_file_runs_the_grid_then_skips_it(capsys, tmp_path):
     assert code == 0 and len(RecordStore(tmp_path / "lb").load("digits")) == 3
     code, stdout, _ = run_cli(capsys, "sweep", *common, "--dry-run")
     assert "3 runs, 3 already recorded, 0 to run" in stdout
+
+
+def test_a_grid_file_names_its_evaluation_and_the_command_line_overrides_it(capsys, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('task = "digits"\nattacks = ["fgsm:eps=0.1", "pgd:norm=l2,eps=0.5,steps=2"]\n'
+                    '[[runs]]\nmethod = "st"\n')
+    common = ["--grid", str(grid), "--out", str(tmp_path / "lb"), "--dry-run", "--analyses"]
+    code, from_file, _ = run_cli(capsys, "sweep", *common)
+    code2, same, _ = run_cli(capsys, "run", "--task", "digits", "--method", "st", "--out", str(tmp_path / "lb"),
+                             "--dry-run", "--analyses", "--attacks", "fgsm:eps=0.1", "pgd:norm=l2,eps=0.5,steps=2")
+    run_id = re.search(r"run (\w{16})", same).group(1)
+    assert code == code2 == 0 and run_id in from_file  # the file's attacks enter the run id as --attacks does
+    code, overridden, _ = run_cli(capsys, "sweep", *common, "--attacks", "fgsm:eps=0.2")
+    assert code == 0 and run_id not in overridden
+    grid.write_text('task = "digits"\nattacks = "fgsm:eps=0.1"\n[[runs]]\nmethod = "st"\n')
+    code, _, err = run_cli(capsys, "sweep", *common)
+    assert code == 2 and "attacks must be a non-empty list" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_grid_file_is_one_line(capsys, tmp_path):
@@ -304,7 +322,7 @@ def test_a_run_held_by_another_process_is_deferred_then_waited_for(tmp_path):
     from suite.cli import load_grid
     from suite.runner import RunLock, plan_run
     (tmp_path / "grid.toml").write_text(GRID.replace("seeds = [0, 1]", "seeds = [0]"))
-    task, runs, seeds, sets = load_grid(str(tmp_path / "grid.toml"))
+    task, runs, seeds, sets, _ = load_grid(str(tmp_path / "grid.toml"))
     first = plan_run(task, runs[0][0], method_params=runs[0][1], overrides=sets, seed=0, attacks=["fgsm:eps=0.1"],
                      analyses=[])
     store = RecordStore(tmp_path / "lb")

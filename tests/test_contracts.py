@@ -320,7 +320,7 @@ def test_task_plans_its_defaults_and_sweeps(name):
         assert h == HEADLINE_WORST or any(_spec_matches(h, e) for e in plan.identity["evaluation"]), \
             f"headline {h!r} is none of the task's evaluation"
     for preset, runs in task.sweeps.items():  # through the CLI's lookup: the preset is this task's
-        owner, grid, _, _ = load_grid(preset)
+        owner, grid, _, _, _ = load_grid(preset)
         assert owner == name and len(grid) == len(runs) > 0
         ids = [_plan(name, method, method_params=params).run_id for method, params in grid]
         assert len(set(ids)) == len(ids), f"sweep {preset} plans the same run twice"

@@ -536,3 +536,19 @@ def test_every_segmentation_task_runs_end_to_end(tmp_path, task_name, method):
     clean = rec["metrics"]["clean"]
     assert 0 <= rec["metrics"]["worst_case"] <= clean <= 100
     assert [a["label"] for a in rec["metrics"]["attacks"]] == ["PGD-1 linf 1/255", "SegPGD-1 linf 1/255"]
+    # the board names each class and shows its IoU, clean and under each attack, as recorded
+    from suite.leaderboard import render
+    from suite.registry import TASKS
+
+    task = TASKS.get(task_name)
+    lines = render(task, [rec]).splitlines()
+    assert "| method | evaluated on | " + " | ".join(task.class_names) + " |" in lines
+    assert len(task.class_names) == task.num_classes
+    label = rec["method"]["label"]
+    for col, metrics in [("clean", rec["metrics"]["clean_metrics"])] + [
+            (a["label"], a["metrics"]) for a in rec["metrics"]["attacks"]]:
+        cells = ["–" if v is None else f"{v:.1f}" for v in metrics["per_class_iou"]]
+        assert f"| {label} | {col} | " + " | ".join(cells) + " |" in lines
+    assert not any(line.startswith("Recorded by the runs") for line in lines)  # mobilenet_v2:scratch: no note
+    noted = render(task, [dict(rec, notes=["trained from scratch: no ImageNet weights"])])
+    assert "Recorded by the runs (all rows): trained from scratch: no ImageNet weights." in noted.splitlines()

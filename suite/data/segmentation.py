@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from suite.config import IGNORE_INDEX
+from suite.data.labels import CAMVID_CLASSES, STANFORD_CLASSES, VOC_CLASSES
 from suite.errors import UserError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -279,8 +280,6 @@ def _need_dir(data_dir) -> Path:
 
 
 # --- CamVid ----------------------------------------------------------------------------------------
-CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
-                  "pedestrian", "bicyclist")
 CAMVID_VOID = 11
 CAMVID_SPLITS = ("train", "val", "test")
 
@@ -328,11 +327,6 @@ def load_camvid(root: Path, split: str, size: tuple[int, int] | None = None) -> 
 
 
 # --- PASCAL VOC 2012 -------------------------------------------------------------------------------
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
-
-
 def find_voc(data_dir) -> Path:
     base = _need_dir(data_dir)
     required = ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt",
@@ -392,7 +386,6 @@ def files_fingerprint(pairs: Sequence[tuple[Path, Path]]) -> str:
 
 
 # --- Stanford Background ---------------------------------------------------------------------------
-STANFORD_CLASSES = ("sky", "tree", "road", "grass", "water", "building", "mountain", "foreground")
 
 
 def find_stanford(data_dir) -> Path:
