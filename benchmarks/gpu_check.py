@@ -505,7 +505,7 @@ def projection_rows(measured: dict[str, list[dict]], loaded: dict[str, TaskData]
         if "ST" not in rows:
             out.append({"grid": grid, "status": "not projected", "note": f"{source} not measured in this run"})
             continue
-        task_name, runs, _seeds, sets = load_grid(grid)
+        task_name, runs, _seeds, sets, _attacks = load_grid(grid)
         td = loaded[source]
         n_train = td.full_train if task_name == source else FULL_TRAIN_SIZE[task_name]
         total_s, steps_all, hows = 0.0, 0, set()
