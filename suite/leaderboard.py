@@ -153,8 +153,6 @@ class Row:
             for key, val in (m.get("clean_metrics") or {}).items():
                 if isinstance(val, (int, float)):
                     self.secondary["clean"][key].append(val)
-            if isinstance((m.get("clean_metrics") or {}).get("per_class_iou"), list):
-                self.per_class["clean"].append(m["clean_metrics"]["per_class_iou"])
             for key, val in (m.get("worst_case_metrics") or {}).items():
                 if isinstance(val, (int, float)) and _record_worst(r)[0] is not None:
                     self.secondary["worst case"][key].append(val)
@@ -170,8 +168,10 @@ class Row:
                 for key, val in (a.get("metrics") or {}).items():
                     if isinstance(val, (int, float)):
                         self.secondary[a["label"]][key].append(val)
-                if isinstance((a.get("metrics") or {}).get("per_class_iou"), list):
-                    self.per_class[a["label"]].append(a["metrics"]["per_class_iou"])
+            for col, metrics in [("clean", m.get("clean_metrics"))] + [(a["label"], a.get("metrics"))
+                                                                    for a in m.get("attacks", [])]:
+                if isinstance((metrics or {}).get("per_class_iou"), list):
+                    self.per_class[col].append(metrics["per_class_iou"])
             for fam in m.get("worst_by_threat", []):
                 if fam["threat"] != outcomes.NORM_BOUNDED and fam.get("attacks", 1) > 1:
                     self.family_worst[fam["threat"]].append(fam["value"])
