@@ -259,7 +259,8 @@ def _print_plan(plan, store) -> None:
     subset = f" on a stratified {cfg.train_examples} training examples" if cfg.train_examples else ""
     print(f"  training: {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}{subset}, batch {cfg.batch_size}, "
           f"{cfg.optimizer} lr {cfg.lr:g}, {plan.method.cost():g} forward-backward passes per step")
-    n_eval = f"{cfg.eval_examples} test examples" if cfg.eval_examples else "the whole test split"
+    split = "validation" if cfg.eval_split == "val" else "test"
+    n_eval = f"{cfg.eval_examples} {split} examples" if cfg.eval_examples else f"the whole {split} split"
     attacks = [attack.label() + (f" (n={spec.n})" if spec.n else "") for spec, attack in zip(plan.attacks, plan.built_attacks)]
     print(f"  evaluation on {n_eval}: clean" + "".join(f", {a}" for a in attacks))
     if plan.analyses:

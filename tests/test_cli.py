@@ -117,6 +117,15 @@ def test_a_grid_file_names_its_evaluation_and_the_command_line_overrides_it(caps
     assert code == 2 and "attacks must be a non-empty list" in err and len(err.strip().splitlines()) == 1
 
 
+def test_dry_run_names_the_split_it_will_evaluate(capsys, tmp_path):
+    """Choosing a recipe reads the validation split, and the plan says so (not "the whole test split")."""
+    common = ["run", "--task", "digits", "--method", "st", "--out", str(tmp_path / "lb"), "--dry-run"]
+    code, on_test, _ = run_cli(capsys, *common)
+    code2, on_val, _ = run_cli(capsys, *common, "--set", "eval_split=val", "--set", "eval_examples=100")
+    assert code == code2 == 0
+    assert "evaluation on the whole test split" in on_test and "evaluation on 100 validation examples" in on_val
+
+
 def test_bad_grid_file_is_one_line(capsys, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('task = "digits"\n[[runs]]\nrho = 0.1\n')
