@@ -786,7 +786,10 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
         bs = _join({r["train"]["batch_size"] for r in trained})
         opts = sorted({_recipe(r["train"]) for r in trained})
         sizes = sorted({r.get("cost", {}).get("train_examples") for r in trained if r.get("cost", {}).get("train_examples")})
-        parts.append(f"training: epochs {epochs}, batch {bs}, {'; '.join(opts)}"
+        # a segmentation run's square training crop, where it was set away from the task's own (crop=N)
+        crops = {r["train"].get("crop") or "the task's" for r in trained}
+        crop = f", crop {_join(crops)}" if crops != {"the task's"} else ""
+        parts.append(f"training: epochs {epochs}, batch {bs}{crop}, {'; '.join(opts)}"
                      + (f", {_join(sizes)} training examples" if sizes else ""))
     versions = sorted({r["task"]["version"] for r in recs})
     models = sorted({_model_name(r["model"]) for r in recs if r.get("model")})

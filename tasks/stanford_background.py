@@ -70,7 +70,8 @@ TASKS.register("stanford_background", Task(
     modality="segmentation",
     version="1",
     num_classes=8,
-    description="Stanford Background (572/143 seeded split), DeepLabV3-MobileNetV2 (OS 16), crop 240; the paper's task, GPU",
+    description=("Stanford Background (572/143 seeded split, images about 320x240), DeepLabV3-MobileNetV2 (OS 16); "
+                 "the default recipe is the paper's (crop 240, for a GPU), grids/stanford_cpu.toml the CPU one"),
     build_data=build_data,
     build_model=build_model,
     recipe=segmentation_recipe(834),

@@ -552,3 +552,7 @@ def test_every_segmentation_task_runs_end_to_end(tmp_path, task_name, method):
     assert not any(line.startswith("Recorded by the runs") for line in lines)  # mobilenet_v2:scratch: no note
     noted = render(task, [dict(rec, notes=["trained from scratch: no ImageNet weights"])])
     assert "Recorded by the runs (all rows): trained from scratch: no ImageNet weights." in noted.splitlines()
+    # the protocol names a training crop set away from the task's own (--set crop=N), and only then
+    assert "training: epochs 1, batch 2, sgd" in "".join(lines)
+    cropped = render(task, [dict(rec, train=dict(rec["train"], crop=96))])
+    assert "training: epochs 1, batch 2, crop 96, sgd" in cropped
