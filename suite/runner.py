@@ -564,12 +564,13 @@ def _execute_locked(plan, store, *, work_dir, device, force, progress, log, data
         result = train(model, plan.method, plan.adapter, data, cfg, seed=plan.seed, device=device,
                        checkpoint=run_dir / "checkpoint.pt", run_id=plan.run_id, progress=bars, log=log,
                        on_epoch_end=epoch_line(plan, log) if lines else None,
+                       on_progress=step_line(plan, log) if lines else None,
                        validate=validation(plan, data, device) if cfg.val_every else None)
         if distributed.is_main():  # under torchrun, rank 0 writes every file
             atomic_save(model.state_dict(), run_dir / "model.pt")
         if lines:  # a log has no attack progress bars: say what the next stretch is
             log(f"evaluation: clean and {len(plan.attacks)} attack{'' if len(plan.attacks) == 1 else 's'} "
-                f"on {cfg.eval_examples or 'all'} test examples ...")
+                f"on {cfg.eval_examples or 'all'} {'validation' if cfg.eval_split == 'val' else 'test'} examples ...")
         metrics = evaluate_model(plan, model, data, device, state_path=run_dir / "eval_state.pt", progress=progress)
         metrics.update(after_evaluation(plan, model, data, options, device, progress=progress, log=log))
         record["metrics"] = metrics
@@ -703,6 +704,16 @@ def epoch_line(plan: RunPlan, log: Callable[[str], None]) -> Callable[[int, dict
         acc_text = f", train accuracy {100 * acc:.1f}%" if math.isfinite(acc) else ""
         log(f"epoch {epoch}/{plan.cfg.epochs} {plan.method.name}: loss {entry['loss']:.4f}{acc_text}, "
             f"{entry['time_s']:.1f} s")
+    return line
+
+
+def step_line(plan: RunPlan, log: Callable[[str], None]) -> Callable[[int, int, int, float, float], None]:
+    """The trainer's in-epoch callback (every few minutes) for logs without progress bars: where the
+    epoch is, its mean loss so far and the time it has left at the pace so far."""
+    def line(epoch: int, done: int, steps: int, loss: float, seconds: float) -> None:
+        left = seconds / done * (steps - done)
+        log(f"epoch {epoch}/{plan.cfg.epochs} {plan.method.name}: step {done}/{steps}, loss {loss:.4f} so far, "
+            f"{seconds / done:.2f} s/step, about {left / 60:.0f} min left in the epoch")
     return line
 
 

@@ -47,6 +47,7 @@ from suite.modalities.base import Adapter
 
 POSTFIX_EVERY_S = 1.0      # the progress bar's loss is read (a device sync on GPU) at most this often
 CHECK_FINITE_EVERY = 50    # on GPU, steps between checks that the loss is finite (each check syncs)
+PROGRESS_LINE_EVERY_S = 300.0  # a log's in-epoch progress line (`on_progress`) at most this often
 
 
 def seed_everything(seed: int) -> None:
@@ -197,13 +198,16 @@ def train(
     run_id: str = "",
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    on_progress: Callable[[int, int, int, float, float], None] | None = None,
     validate: Callable[[torch.nn.Module, int], dict] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place. Under torchrun every rank calls this with the same arguments; rank 0
     writes the checkpoint, and every rank ends with the same weights. `validate(model, epochs_done)`,
     when given, runs after each epoch (in eval mode, without touching the random streams) and the
-    numbers it returns (none on epochs it skips) join the epoch's history entry."""
+    numbers it returns (none on epochs it skips) join the epoch's history entry.
+    `on_progress(epoch, steps_done, steps, mean_loss, seconds)` is called within an epoch at most every
+    PROGRESS_LINE_EVERY_S (a log's sign of life when one epoch takes an hour, as text epochs do on a CPU)."""
     cfg.validate()  # the speed switches (sam_ascent among them) are checked with the rest
     seed_everything(seed)
     loop = build_loop(model, method, adapter, data, cfg, device, log)
@@ -211,7 +215,7 @@ def train(
     start_epoch = resume(loop, result, checkpoint, run_id, seed, log)
     show = progress and distributed.is_main()
     for epoch in range(start_epoch, cfg.epochs):
-        entry = run_epoch(loop, epoch, seed, show)
+        entry = run_epoch(loop, epoch, seed, show, on_progress if distributed.is_main() else None)
         if validate is not None:
             entry.update(_validated(validate, loop.model, epoch + 1))
         result.train_time_s += entry["time_s"]
@@ -281,9 +285,10 @@ def resume(loop: Loop, result: TrainResult, checkpoint: Path | None, run_id: str
     return state["epoch"]
 
 
-def run_epoch(loop: Loop, epoch: int, seed: int, show: bool) -> dict:
+def run_epoch(loop: Loop, epoch: int, seed: int, show: bool,
+              on_progress: Callable[[int, int, int, float, float], None] | None = None) -> dict:
     """One epoch of steps; its history entry (mean loss and accuracy over the global batches, the LR
-    at its end, its time)."""
+    at its end, its time). `on_progress`: see `train`."""
     cfg, device, adapter, world = loop.cfg, loop.device, loop.adapter, distributed.world_size()
     loop.step_model.train()
     loop.ctx.epoch = epoch
@@ -295,7 +300,7 @@ def run_epoch(loop: Loop, epoch: int, seed: int, show: bool) -> dict:
     aug_gen = torch.Generator(device=device).manual_seed(seed * 100_019 + epoch)
     bar = _progress(loader, show, f"epoch {epoch + 1}/{cfg.epochs} {loop.method.name}")
     t0 = time.perf_counter()
-    seen, loss_sum, acc_sum, shown = 0, 0.0, 0.0, t0
+    seen, loss_sum, acc_sum, shown, said = 0, 0.0, 0.0, t0, t0
     for i, batch in enumerate(bar):
         batch = _step_batch(loop, batch, aug_gen)
         if batch is None:
@@ -318,6 +323,9 @@ def run_epoch(loop: Loop, epoch: int, seed: int, show: bool) -> dict:
             shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", ex_per_s=f"{seen / (shown - t0):.0f}",
                             refresh=False)
+        if on_progress is not None and time.perf_counter() - said >= PROGRESS_LINE_EVERY_S:
+            said = time.perf_counter()
+            on_progress(epoch + 1, i + 1, loop.steps_per_epoch, float(loss_sum) / seen, said - t0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

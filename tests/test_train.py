@@ -129,3 +129,37 @@ def test_a_trailing_one_example_batch_is_skipped_for_batchnorm_models():
                 device=torch.device("cpu"), progress=False)
     assert res.steps == 4 and len(res.history) == 2
     assert all(math.isfinite(h["loss"]) for h in res.history)
+
+
+def test_a_log_hears_from_a_long_epoch_before_it_ends(monkeypatch):
+    # an hour-long text epoch on a CPU must not be silent until it ends: `on_progress` reports the
+    # steps done and the mean loss so far (here at every step), and its last report is the epoch's mean
+    import suite.train as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_LINE_EVERY_S", 0.0)
+    task, data = _digits(256)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+    torch.manual_seed(0)
+    model = task.build_model(TaskOptions())
+    calls = []
+    res = train(model, METHODS.get("st")(), ImageClassification(task), data, cfg, seed=0, device=torch.device("cpu"),
+                progress=False, on_progress=lambda *a: calls.append(a))
+    assert [(e, d, s) for e, d, s, _, _ in calls] == [(e, d, 4) for e in (1, 2) for d in (1, 2, 3, 4)]
+    assert calls[3][3] == pytest.approx(res.history[0]["loss"]) and calls[7][3] == pytest.approx(res.history[1]["loss"])
+    assert all(t > 0 for *_, t in calls)
+
+
+def test_the_runners_progress_line_says_where_the_epoch_is():
+    from suite.runner import step_line
+
+    class Plan:
+        class cfg:
+            epochs = 3
+
+        class method:
+            name = "sam_at"
+
+    lines = []
+    step_line(Plan, lines.append)(2, 100, 400, 0.61234, 500.0)
+    assert lines == ["epoch 2/3 sam_at: step 100/400, loss 0.6123 so far, 5.00 s/step, "
+                     "about 25 min left in the epoch"]
