@@ -48,6 +48,9 @@ from suite.modalities.base import Adapter
 POSTFIX_EVERY_S = 1.0      # the progress bar's loss is read (a device sync on GPU) at most this often
 CHECK_FINITE_EVERY = 50    # on GPU, steps between checks that the loss is finite (each check syncs)
 PROGRESS_LINE_EVERY_S = 300.0  # a log's in-epoch progress line (`on_progress`) at most this often
+# A checkpoint within an epoch at most this often (one process only): an hour-long text epoch on a CPU
+# then loses at most this much to an interruption. Short epochs never write one.
+MID_EPOCH_SAVE_EVERY_S = 600.0
 
 
 def seed_everything(seed: int) -> None:
@@ -183,6 +186,7 @@ class Loop:
     steps_per_epoch: int
     tensors: tuple | None = None    # the training tensors where they already live on the device
     skip_single: bool = False       # skip a trailing batch of one example (see `build_loop`)
+    mid: dict | None = None         # where a checkpoint written within an epoch left that epoch
 
 
 def train(
@@ -215,7 +219,11 @@ def train(
     start_epoch = resume(loop, result, checkpoint, run_id, seed, log)
     show = progress and distributed.is_main()
     for epoch in range(start_epoch, cfg.epochs):
-        entry = run_epoch(loop, epoch, seed, show, on_progress if distributed.is_main() else None)
+        save_mid = None
+        if checkpoint is not None and distributed.world_size() == 1:
+            def save_mid(mid, epoch=epoch):
+                save_checkpoint(loop, result, checkpoint, run_id, epoch, mid=mid)
+        entry = run_epoch(loop, epoch, seed, show, on_progress if distributed.is_main() else None, save_mid)
         if validate is not None:
             entry.update(_validated(validate, loop.model, epoch + 1))
         result.train_time_s += entry["time_s"]
@@ -279,16 +287,26 @@ def resume(loop: Loop, result: TrainResult, checkpoint: Path | None, run_id: str
     result.history = state["history"]
     result.train_time_s = state["train_time_s"]
     result.resumed_from_epoch = state["epoch"]
+    mid = state.get("mid")
+    if mid is not None:
+        if world > 1:
+            raise UserError(f"checkpoint {checkpoint} was written within epoch {state['epoch'] + 1} by one process; "
+                            "resume it with one process (or pass --force to train from scratch)")
+        loop.mid = {**mid, "rng": state["rng"]}
     if log is not None and distributed.is_main():
-        log(f"resuming from {checkpoint}: epoch {state['epoch']} of {loop.cfg.epochs} done "
-            f"({result.train_time_s:.0f} s of training so far)")
+        within = f", and {mid['step']} of epoch {state['epoch'] + 1}'s {loop.steps_per_epoch} steps" if mid else ""
+        log(f"resuming from {checkpoint}: epoch {state['epoch']} of {loop.cfg.epochs} done{within} "
+            f"({result.train_time_s + (mid['time_s'] if mid else 0):.0f} s of training so far)")
     return state["epoch"]
 
 
 def run_epoch(loop: Loop, epoch: int, seed: int, show: bool,
-              on_progress: Callable[[int, int, int, float, float], None] | None = None) -> dict:
+              on_progress: Callable[[int, int, int, float, float], None] | None = None,
+              save_mid: Callable[[dict], None] | None = None) -> dict:
     """One epoch of steps; its history entry (mean loss and accuracy over the global batches, the LR
-    at its end, its time). `on_progress`: see `train`."""
+    at its end, its time). `on_progress`: see `train`. `save_mid(mid)` writes a checkpoint within the
+    epoch (at most every MID_EPOCH_SAVE_EVERY_S); `loop.mid`, set by `resume` from such a checkpoint,
+    carries the epoch on from the step after it, exactly as if it had not been interrupted."""
     cfg, device, adapter, world = loop.cfg, loop.device, loop.adapter, distributed.world_size()
     loop.step_model.train()
     loop.ctx.epoch = epoch
@@ -300,8 +318,18 @@ def run_epoch(loop: Loop, epoch: int, seed: int, show: bool,
     aug_gen = torch.Generator(device=device).manual_seed(seed * 100_019 + epoch)
     bar = _progress(loader, show, f"epoch {epoch + 1}/{cfg.epochs} {loop.method.name}")
     t0 = time.perf_counter()
-    seen, loss_sum, acc_sum, shown, said = 0, 0.0, 0.0, t0, t0
+    seen, loss_sum, acc_sum, shown, said, saved = 0, 0.0, 0.0, t0, t0, t0
+    mid, loop.mid = loop.mid, None
+    start, before = 0, 0.0  # steps already done in this epoch, and their seconds
+    if mid is not None:
+        start, before = mid["step"], mid["time_s"]
+        seen, loss_sum, acc_sum = mid["seen"], mid["loss_sum"], mid["acc_sum"]
+        aug_gen.set_state(mid["aug_gen"])
     for i, batch in enumerate(bar):
+        if i < start:  # done before the interruption: the same shuffled batches, loaded and passed over
+            continue
+        if i == start and mid is not None:
+            set_rng_state(mid["rng"])  # as after step `start` (again: loading the skipped batches may draw)
         batch = _step_batch(loop, batch, aug_gen)
         if batch is None:
             loop.scheduler.step()  # a skipped batch keeps its place in the schedule
@@ -323,12 +351,16 @@ def run_epoch(loop: Loop, epoch: int, seed: int, show: bool,
             shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", ex_per_s=f"{seen / (shown - t0):.0f}",
                             refresh=False)
+        if save_mid is not None and i + 1 < loop.steps_per_epoch and time.perf_counter() - saved >= MID_EPOCH_SAVE_EVERY_S:
+            saved = time.perf_counter()
+            save_mid({"step": i + 1, "seen": seen, "loss_sum": float(loss_sum), "acc_sum": float(acc_sum),
+                      "aug_gen": aug_gen.get_state(), "time_s": before + saved - t0})
         if on_progress is not None and time.perf_counter() - said >= PROGRESS_LINE_EVERY_S:
             said = time.perf_counter()
-            on_progress(epoch + 1, i + 1, loop.steps_per_epoch, float(loss_sum) / seen, said - t0)
+            on_progress(epoch + 1, i + 1, loop.steps_per_epoch, float(loss_sum) / seen, before + said - t0)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt = before + time.perf_counter() - t0
     totals = [float(loss_sum), float(acc_sum), float(seen)]
     if world > 1:  # the epoch's statistics over the global batches; one BatchNorm state for all
         totals = distributed.all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=_comm(device))).tolist()
@@ -373,8 +405,10 @@ def _validated(validate: Callable[[torch.nn.Module, int], dict], model: torch.nn
     return {**out, "val_time_s": time.perf_counter() - t0} if out else {}
 
 
-def save_checkpoint(loop: Loop, result: TrainResult, path: Path, run_id: str, epochs_done: int) -> None:
-    """Everything a resumed run needs to reproduce this one; rank 0 writes it."""
+def save_checkpoint(loop: Loop, result: TrainResult, path: Path, run_id: str, epochs_done: int,
+                    mid: dict | None = None) -> None:
+    """Everything a resumed run needs to reproduce this one; rank 0 writes it. `mid`: written within
+    epoch epochs_done + 1, where that epoch stands (see `run_epoch`)."""
     rngs = distributed.gather_objects(rng_state())
     if distributed.is_main():
         atomic_save({
@@ -383,7 +417,7 @@ def save_checkpoint(loop: Loop, result: TrainResult, path: Path, run_id: str, ep
             "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
             "rng": rngs[0], "rng_ranks": rngs, "world_size": distributed.world_size(),
             "history": result.history, "train_time_s": result.train_time_s,
-            "data_fingerprint": loop.data.fingerprint,
+            "data_fingerprint": loop.data.fingerprint, "mid": mid,
         }, path)
 
 

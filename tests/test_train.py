@@ -163,3 +163,45 @@ def test_the_runners_progress_line_says_where_the_epoch_is():
     step_line(Plan, lines.append)(2, 100, 400, 0.61234, 500.0)
     assert lines == ["epoch 2/3 sam_at: step 100/400, loss 0.6123 so far, 5.00 s/step, "
                      "about 25 min left in the epoch"]
+
+
+@pytest.mark.parametrize("method_name", ["at", "esam"])  # both draw random numbers inside the step
+def test_an_interruption_within_an_epoch_resumes_from_the_step_after_the_last_save(tmp_path, monkeypatch, method_name):
+    # text epochs take an hour on a CPU: a checkpoint is written within the epoch, and resuming from it
+    # gives exactly the weights and history of the uninterrupted run
+    import suite.train as trainer
+
+    monkeypatch.setattr(trainer, "MID_EPOCH_SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(trainer, "PROGRESS_LINE_EVERY_S", 0.0)
+    task, data = _digits(256)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+
+    def run(checkpoint=None, stop_at=None):
+        torch.manual_seed(0)
+        model = task.build_model(TaskOptions())
+        method = METHODS.get(method_name)(**task.method_defaults.get(method_name, {}))
+        lines = []
+
+        def progress(epoch, done, steps, loss, seconds):
+            lines.append((epoch, done))
+            if (epoch, done) == stop_at:
+                raise KeyboardInterrupt
+
+        res = train(model, method, ImageClassification(task), data, cfg, seed=3, device=torch.device("cpu"),
+                    checkpoint=checkpoint, run_id="r", progress=False, on_progress=progress,
+                    log=lines.append)
+        return model.state_dict(), res, lines
+
+    full, full_res, _ = run()
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(ckpt, stop_at=(2, 2))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1 and state["mid"]["step"] == 2
+    resumed, res, lines = run(ckpt)
+    assert any("and 2 of epoch 2's 4 steps" in str(x) for x in lines)
+    assert [x for x in lines if isinstance(x, tuple)] == [(2, 3), (2, 4)]  # only the steps left were taken
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in full_res.history], rel=1e-12)
+    assert res.history[1]["train_acc"] == full_res.history[1]["train_acc"]
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
