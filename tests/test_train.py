@@ -198,6 +198,12 @@ def test_an_interruption_within_an_epoch_resumes_from_the_step_after_the_last_sa
         run(ckpt, stop_at=(2, 2))
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == 1 and state["mid"]["step"] == 2
+    # several processes cannot take it up where one left off (their data order differs): refused, named
+    with monkeypatch.context() as m:
+        m.setattr(trainer.distributed, "world_size", lambda: 2)
+        m.setattr(trainer.distributed, "wrap", lambda model, device, ctx: model)  # no process group here
+        with pytest.raises(UserError, match="written within epoch 2 by one process; resume it with one process"):
+            run(ckpt)
     resumed, res, lines = run(ckpt)
     assert any("and 2 of epoch 2's 4 steps" in str(x) for x in lines)
     assert [x for x in lines if isinstance(x, tuple)] == [(2, 3), (2, 4)]  # only the steps left were taken
