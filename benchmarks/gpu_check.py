@@ -509,7 +509,7 @@ def projection_rows(measured: dict[str, list[dict]], loaded: dict[str, TaskData]
         td = loaded[source]
         n_train = td.full_train if task_name == source else FULL_TRAIN_SIZE[task_name]
         total_s, steps_all, hows = 0.0, 0, set()
-        for method_name, params in runs:
+        for method_name, params, _run_seeds in runs:  # presets: no per-run seeds
             plan = plan_run(task_name, method_name, method_params=params, overrides=sets, options=td.options,
                             attacks=[], analyses=[])
             steps = plan.cfg.epochs * math.ceil(n_train / plan.cfg.batch_size)

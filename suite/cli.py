@@ -47,6 +47,7 @@ grid file (TOML); lists expand to a grid:
   [[runs]]
   method = "at"
   eps = ["4/255", "8/255"]
+  seeds = [0]                  # a run's own seeds replace the grid's (--seeds replaces both)
 """
 LB_EXAMPLES = """examples:
   python -m suite leaderboard                  # every task with records under ./leaderboards/records
@@ -161,7 +162,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sw = sub.add_parser("sweep", help="run a grid of runs, skipping those already recorded", epilog=SWEEP_EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("--grid", required=True, help="a preset name declared by a task, or a .toml grid file")
-    sw.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's, else 0)")
+    sw.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds for every run (default: each run's own, else the grid's, else 0)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and whether they are recorded")
     sw.add_argument("--force", action="store_true")
     sw.add_argument("--keep-going", action="store_true", help="continue after a failed run")
@@ -319,9 +320,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None, dict, list[str] | None]:
-    """A preset declared by a task (Task.sweeps) or a TOML grid file -> (task, [(method, params)], seeds, set,
-    attacks). A file may name the evaluation suite (`attacks = ["pgd:..."]`, as --attacks; --attacks wins)."""
+def _grid_seeds(spec: str, where: str, seeds) -> list[int] | None:
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError(f"--grid {spec}: {where}seeds must be a non-empty list of integers, e.g. seeds = [0, 1, 2]")
+    return seeds
+
+
+def load_grid(spec: str) -> tuple[str, list[tuple[str, dict, list[int] | None]], list[int] | None, dict,
+                                  list[str] | None]:
+    """A preset declared by a task (Task.sweeps) or a TOML grid file -> (task, [(method, params, seeds)], seeds,
+    set, attacks). A file may name the evaluation suite (`attacks = ["pgd:..."]`, as --attacks; --attacks wins),
+    and a [[runs]] table its own `seeds` (a board with three seeds for some rows and one for the others);
+    `--seeds` on the command line overrides both."""
     from suite.registry import TASKS
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
@@ -339,13 +350,12 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
             method = entry.pop("method", None)
             if not isinstance(method, str):
                 raise UserError(f"--grid {spec}: runs[{i}] needs method = \"NAME\"")
+            run_seeds = _grid_seeds(spec, f"runs[{i}]: ", entry.pop("seeds", None))
             keys = sorted(entry)
             values = [v if isinstance(v, list) else [v] for v in (entry[k] for k in keys)]
             for combo in itertools.product(*values):
-                runs.append((method, dict(zip(keys, combo))))
-        seeds = grid.get("seeds")
-        if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
-            raise UserError(f"--grid {spec}: seeds must be a list of integers")
+                runs.append((method, dict(zip(keys, combo)), run_seeds))
+        seeds = _grid_seeds(spec, "", grid.get("seeds"))
         sets = {k: str(v) for k, v in grid.get("set", {}).items()}
         attacks = grid.get("attacks")
         if attacks is not None and (not isinstance(attacks, list) or not attacks
@@ -362,7 +372,7 @@ def load_grid(spec: str) -> tuple[str, list[tuple[str, dict]], list[int] | None,
         raise UserError(f"--grid {spec}: the preset is declared by tasks {', '.join(n for n, _ in owners)}; "
                         "a preset name must be unique (rename one)")
     name, task = owners[0]
-    return name, [(m, dict(p)) for m, p in task.sweeps[spec]], None, {}, None
+    return name, [(m, dict(p), None) for m, p in task.sweeps[spec]], None, {}, None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -393,14 +403,13 @@ def cmd_sweep(args) -> int:
                         "spread the grid over processes with --shard I/N (one GPU each)")
     task, runs, grid_seeds, sets, grid_attacks = load_grid(args.grid)
     attacks = args.attacks if args.attacks is not None else grid_attacks
-    seeds = args.seeds if args.seeds is not None else (grid_seeds or [0])
     sets.update(_kv(args.overrides, "--set"))
     shard = parse_shard(args.shard)
     store = RecordStore(Path(args.out))
     # plan everything first: a typo in the last run fails before the first one trains
     plans = [plan_run(task, m, method_params=p, overrides=sets, seed=s, attacks=attacks,
                       analyses=args.analyses, options=_options(args), check_needs=not args.dry_run)
-             for (m, p) in runs for s in seeds]
+             for (m, p, run_seeds) in runs for s in (args.seeds or run_seeds or grid_seeds or [0])]
     if shard is not None:
         plans = [p for p in plans if shard_of(p.run_id, shard[1]) == shard[0]]
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""

@@ -126,6 +126,24 @@ def test_dry_run_names_the_split_it_will_evaluate(capsys, tmp_path):
     assert "evaluation on the whole test split" in on_test and "evaluation on 100 validation examples" in on_val
 
 
+def test_a_run_of_a_grid_file_may_name_its_own_seeds(capsys, tmp_path):
+    # a board with three seeds for some rows and one for the others is one grid file
+    grid = tmp_path / "grid.toml"
+    grid.write_text('task = "digits"\nseeds = [0]\n[[runs]]\nmethod = "st"\nseeds = [0, 1, 2]\n'
+                    '[[runs]]\nmethod = "sam"\nrho = [0.05, 0.1]\n')
+    common = ["--grid", str(grid), "--out", str(tmp_path / "lb"), "--dry-run", "--analyses"]
+    code, out, _ = run_cli(capsys, "sweep", *common)
+    listed = [(line.split()[1], line.split("seed ")[1].split()[0]) for line in out.splitlines()[1:]]
+    assert code == 0 and "5 runs" in out
+    assert sorted(listed) == [("SAM", "0"), ("SAM", "0"), ("ST", "0"), ("ST", "1"), ("ST", "2")]
+    code, out, _ = run_cli(capsys, "sweep", *common, "--seeds", "4")  # the command line replaces both
+    assert code == 0 and "3 runs" in out and out.count("seed 4") == 3
+    grid.write_text('task = "digits"\n[[runs]]\nmethod = "st"\nseeds = 1\n')
+    code, _, err = run_cli(capsys, "sweep", *common)
+    assert code == 2 and "runs[0]: seeds must be a non-empty list of integers" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_bad_grid_file_is_one_line(capsys, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('task = "digits"\n[[runs]]\nrho = 0.1\n')

@@ -322,7 +322,7 @@ def test_task_plans_its_defaults_and_sweeps(name):
     for preset, runs in task.sweeps.items():  # through the CLI's lookup: the preset is this task's
         owner, grid, _, _, _ = load_grid(preset)
         assert owner == name and len(grid) == len(runs) > 0
-        ids = [_plan(name, method, method_params=params).run_id for method, params in grid]
+        ids = [_plan(name, method, method_params=params).run_id for method, params, _ in grid]
         assert len(set(ids)) == len(ids), f"sweep {preset} plans the same run twice"
 
 
