@@ -100,11 +100,16 @@ def test_sweep_grid_file_runs_the_grid_then_skips_it(capsys, tmp_path):
     assert "3 runs, 3 already recorded, 0 to run" in stdout
 
 
-def test_a_grid_file_names_its_evaluation_and_the_command_line_overrides_it(capsys, tmp_path):
+def _dry_grid(tmp_path, text):
+    """A grid file with `text`, and the arguments of a dry-run sweep over it."""
     grid = tmp_path / "grid.toml"
-    grid.write_text('task = "digits"\nattacks = ["fgsm:eps=0.1", "pgd:norm=l2,eps=0.5,steps=2"]\n'
-                    '[[runs]]\nmethod = "st"\n')
-    common = ["--grid", str(grid), "--out", str(tmp_path / "lb"), "--dry-run", "--analyses"]
+    grid.write_text(text)
+    return grid, ["--grid", str(grid), "--out", str(tmp_path / "lb"), "--dry-run", "--analyses"]
+
+
+def test_a_grid_file_names_its_evaluation_and_the_command_line_overrides_it(capsys, tmp_path):
+    grid, common = _dry_grid(tmp_path, 'task = "digits"\nattacks = ["fgsm:eps=0.1", "pgd:norm=l2,eps=0.5,steps=2"]\n'
+                                       '[[runs]]\nmethod = "st"\n')
     code, from_file, _ = run_cli(capsys, "sweep", *common)
     code2, same, _ = run_cli(capsys, "run", "--task", "digits", "--method", "st", "--out", str(tmp_path / "lb"),
                              "--dry-run", "--analyses", "--attacks", "fgsm:eps=0.1", "pgd:norm=l2,eps=0.5,steps=2")
@@ -128,10 +133,8 @@ def test_dry_run_names_the_split_it_will_evaluate(capsys, tmp_path):
 
 def test_a_run_of_a_grid_file_may_name_its_own_seeds(capsys, tmp_path):
     # a board with three seeds for some rows and one for the others is one grid file
-    grid = tmp_path / "grid.toml"
-    grid.write_text('task = "digits"\nseeds = [0]\n[[runs]]\nmethod = "st"\nseeds = [0, 1, 2]\n'
-                    '[[runs]]\nmethod = "sam"\nrho = [0.05, 0.1]\n')
-    common = ["--grid", str(grid), "--out", str(tmp_path / "lb"), "--dry-run", "--analyses"]
+    grid, common = _dry_grid(tmp_path, 'task = "digits"\nseeds = [0]\n[[runs]]\nmethod = "st"\nseeds = [0, 1, 2]\n'
+                                       '[[runs]]\nmethod = "sam"\nrho = [0.05, 0.1]\n')
     code, out, _ = run_cli(capsys, "sweep", *common)
     listed = [(line.split()[1], line.split("seed ")[1].split()[0]) for line in out.splitlines()[1:]]
     assert code == 0 and "5 runs" in out
