@@ -162,7 +162,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sw = sub.add_parser("sweep", help="run a grid of runs, skipping those already recorded", epilog=SWEEP_EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("--grid", required=True, help="a preset name declared by a task, or a .toml grid file")
-    sw.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds for every run (default: each run's own, else the grid's, else 0)")
+    sw.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="seeds for every run (default: each run's own, else the grid's, else 0)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and whether they are recorded")
     sw.add_argument("--force", action="store_true")
     sw.add_argument("--keep-going", action="store_true", help="continue after a failed run")

@@ -80,7 +80,8 @@ _TOP = {
     "schema": (int, True), "run_id": (str, True), "status": (str, True), "error": ((str, type(None)), True),
     "task": (dict, True), "method": (dict, True), "train": (dict, True), "seed": (int, True),
     "evaluation": (dict, True), "metrics": ((dict, type(None)), True), "cost": (dict, True),
-    "provenance": (dict, True), "model": ((str, type(None)), False), "model_name": ((str, type(None)), False), "extra": (dict, False),
+    "provenance": (dict, True), "model": ((str, type(None)), False), "model_name": ((str, type(None)), False),
+    "extra": (dict, False),
     "history": (list, False), "notes": (list, False),
 }
 

@@ -243,7 +243,8 @@ def local_model_name(model: str | None) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
     """One hash of the files' names (not their folder) and contents; cached on (path, size, mtime), since a
-    sweep plans every run before the first trains."""
+    sweep plans every run before the first trains. (Not suite.checkpoint.file_sha256: that module imports
+    torch, and runs are planned before torch is imported.)"""
     import hashlib
 
     h = hashlib.sha256()
