@@ -183,6 +183,13 @@ def test_recipe_and_presets():
     plan = plan_run("text_rt", "sam")
     assert plan.method.p["rho"] == 0.05 and plan.cfg.optimizer == "adamw"  # from the MiniLM sweep
     assert any(s.name == "deepwordbug" for s in plan.attacks) and any(s.name == "pgd" for s in plan.attacks)
+    at, awp = plan_run("text_rt", "at").method.p, plan_run("text_rt", "awp").method.p
+    assert (at["norm"], at["eps"], at["steps"]) == ("linf", 0.002, 3)  # l2 0.2 left MiniLM near-constant
+    # AWP: the setting that trained MiniLM on validation (one epoch of plain AT, then gamma 0.002)
+    assert (awp["gamma"], awp["warmup"], awp["eps"]) == (0.002, 1, 0.002)
+    with pytest.raises(UserError, match="awp --warmup 1 with epochs=1"):
+        plan_run("text_rt", "awp", overrides={"epochs": "1"})
+    assert plan_run("text_rt", "awp", method_params={"warmup": "0"}, overrides={"epochs": "1"}).method.p["warmup"] == 0
 
 
 def test_text_adapter_imports_without_transformers():
