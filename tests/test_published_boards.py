@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from suite.leaderboard import render
-from suite.plugins import load_builtins
 from suite.records import RecordStore
 from suite.registry import TASKS
 
 BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 
-load_builtins()
+# conftest has loaded the built-in tasks
 PUBLISHED = sorted(name for name in TASKS.names() if (BOARDS / f"{name}.md").exists())
 
 
