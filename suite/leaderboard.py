@@ -17,7 +17,8 @@ plots beside it: clean against the headline metric, and robustness against the a
   sharpness column, cost, seeds); the other budgets, attacks and analyses in a details table; every
   paired difference in a third.
 - Training cost: each row's measured time per step relative to ST trained with the same settings
-  (same model, recipe and training subset), so ST itself reads 1.00x.
+  (same model, recipe and training subset) on the same device (the processor and thread count a run
+  records), so ST itself reads 1.00x; "–" where no ST run was timed on that device.
 - The paper's numbers, where a task carries them, are a separate table marked as reported.
 """
 from __future__ import annotations
@@ -186,7 +187,13 @@ class Row:
             for item in (r["metrics"].get("corruptions") or {}).get("items", []):
                 self.per_corruption[item["label"]].append(item["value"])
         self.passes = first.get("cost", {}).get("passes_per_step")
-        steps = [t for t in map(_time_per_step, self.records) if t]
+        # time per step on each device (a device names the processor and threads, so a ratio compares
+        # runs timed on the same hardware; a row's seeds may have run on different machines)
+        self.step_times: dict[str, list[float]] = defaultdict(list)
+        for r in self.records:
+            if t := _time_per_step(r):
+                self.step_times[r.get("cost", {}).get("device", "?")].append(t)
+        steps = [t for ts in self.step_times.values() for t in ts]
         self.step_time = statistics.fmean(steps) if steps else None
         self.train_key = _train_key(first)
         self.collapsed: str | None = None
@@ -327,13 +334,28 @@ def protocol_groups(records: list[dict]) -> list[list[dict]]:
     return sorted(groups.values(), key=lambda g: (-len(g), min(r["run_id"] for r in g)))
 
 
-def _baselines(rows: list[Row]) -> dict[str, float]:
-    """ST time per step for each training setting."""
-    times: dict[str, list[float]] = defaultdict(list)
+def _baselines(rows: list[Row]) -> dict[tuple[str, str], float]:
+    """ST time per step for each training setting on each device."""
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
-        if row.method["name"] == BASELINE and row.step_time:
-            times[row.train_key].append(row.step_time)
+        if row.method["name"] == BASELINE:
+            for device, ts in row.step_times.items():
+                times[(row.train_key, device)].append(statistics.fmean(ts))
     return {k: statistics.fmean(v) for k, v in times.items()}
+
+
+def _cost_ratio(row: Row, baselines: dict[tuple[str, str], float]) -> float | None:
+    """The row's time per step relative to ST's on the same device, averaged over the row's runs; None when
+    a run has no ST run timed on its device (a ratio across machines would measure the machines)."""
+    if not row.step_times:
+        return None
+    bases = {d: baselines.get((row.train_key, d)) for d in row.step_times}
+    if not all(bases.values()):
+        return None
+    if len(bases) == 1:
+        (base,) = bases.values()
+        return row.step_time / base
+    return statistics.fmean(t / bases[d] for d, ts in row.step_times.items() for t in ts)
 
 
 def _fmt_stat(stats_: list[dict], key: str) -> str:
@@ -405,7 +427,7 @@ def _analysis_labels(rows: list[Row]) -> list[str]:
     return sorted(order, key=order.get)
 
 
-def _main_table(rows: list[Row], baselines: dict[str, float], metric: str, cache: dict) -> list[str]:
+def _main_table(rows: list[Row], baselines: dict[tuple[str, str], float], metric: str, cache: dict) -> list[str]:
     headline = rows[0].headline
     shown = [c for c in headline if c != "clean"]
     has_worst = WORST not in headline and any(w is not None for row in rows for w in row.worst)
@@ -418,8 +440,8 @@ def _main_table(rows: list[Row], baselines: dict[str, float], metric: str, cache
     head += ["train cost vs ST", "seeds"]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for row in rows:
-        base = baselines.get(row.train_key)
-        cost = f"{row.step_time / base:.2f}x" if (base and row.step_time) else "–"
+        ratio = _cost_ratio(row, baselines)
+        cost = "–" if ratio is None else f"{ratio:.2f}x"
         cells = [_label(row), row.interval("clean").text()] + [row.interval(c).text() for c in shown]
         cells += ["(baseline)" if row.method["name"] == BASELINE else _diff_text(d) for d in diffs[row.label]]
         if with_p:
@@ -808,8 +830,8 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
     devices = sorted({r.get("cost", {}).get("device", "?") for r in recs})
     parts.append(f"hardware: {'; '.join(devices)}")
     parts.append(STATISTICS)
-    parts.append("cost = measured training time per step relative to ST with the same training settings, on a "
-                 "shared machine (other jobs ran beside these runs, so ratios are indicative); passes/step = "
+    parts.append("cost = measured training time per step relative to ST with the same training settings on the "
+                 "same hardware (as recorded; – where ST was not timed there), on a shared machine (other jobs ran beside these runs, so ratios are indicative); passes/step = "
                  "declared forward-backward passes per step")
     if failed:
         parts.append(f"{failed} failed run(s) recorded, not shown")

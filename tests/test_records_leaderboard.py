@@ -191,6 +191,50 @@ def test_cost_is_relative_to_st_with_the_same_training_settings():
     assert "2.00x" in rows["| SAM"] and "1.00x" in rows["| ST (epochs=2)"] and "1.00x" in rows["| ST (epochs=8)"]
 
 
+def _on(rec, device, seed=None):
+    """The record as timed on another device (seeds of one row may run on different machines)."""
+    rec["cost"] = {**rec["cost"], "device": device}
+    if seed is not None:
+        rec["seed"], rec["run_id"] = seed, f"{rec['run_id']}-{seed}"
+    return rec
+
+
+def _cost_cells(records):
+    main = render(TASKS.get("digits"), records).split("**Protocol.**")[0]
+    return {line.split(" | ")[0][2:]: line.split(" | ")[-2] for line in main.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+
+
+def test_cost_compares_runs_timed_on_the_same_device_only():
+    slow, fast = "cpu (Slow CPU, 2 cores, 1 threads)", "cpu (Fast CPU, 2 cores, 1 threads)"
+    # ST timed on both machines (10 s and 5 s); SAM's two seeds on one each, each twice ST there
+    st = [_on(make_record("st", seed=0, train_time=10.0), slow), _on(make_record("st", seed=1, train_time=5.0), fast)]
+    sam = [_on(make_record("sam", {"rho": 0.1}, seed=0, train_time=20.0, label="SAM"), slow),
+           _on(make_record("sam", {"rho": 0.1}, seed=1, train_time=10.0, label="SAM"), fast)]
+    assert _cost_cells(st + sam) == {"ST": "1.00x", "SAM": "2.00x"}
+    # one seed, on the fast machine only: against ST there (5 s), not ST's mean over both (7.5 s -> 1.33x)
+    assert _cost_cells(st + sam[1:]) == {"ST": "1.00x", "SAM": "2.00x"}
+    # a run on a machine where ST was never timed gets no ratio rather than one that measures machines
+    other = _on(make_record("sam", {"rho": 0.1}, seed=0, train_time=20.0, label="SAM"),
+                "cpu (Other CPU, 2 cores, 1 threads)")
+    assert _cost_cells(st + [other]) == {"ST": "1.00x", "SAM": "–"}
+
+
+def test_a_cpu_device_names_its_processor(tmp_path):
+    import platform
+
+    import torch
+
+    from suite import runner
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  Processor\n\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R)  Processor\n")
+    assert runner.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+    assert runner.cpu_model(str(tmp_path / "absent")) == (platform.processor() or platform.machine())
+    assert runner.device_name(torch.device("cpu")).startswith(f"cpu ({runner.cpu_model()}, ")
+
+
 @pytest.mark.parametrize("configured", ["stratified", "random"])
 def test_protocol_names_how_an_attacks_part_of_a_whole_split_was_drawn(configured):
     r = make_record(attacks=(("PGD-10 linf 8/255", 40.0), ("DeepWordBug", 20.0)))
