@@ -54,7 +54,6 @@ import json
 import math
 import os
 import pickle
-import platform
 import subprocess
 import sys
 import tempfile
@@ -78,7 +77,7 @@ from suite.config import TaskOptions
 from suite.errors import UserError
 from suite.plugins import load_builtins
 from suite.registry import MODALITIES, TASKS
-from suite.runner import check_writable_dir, plan_run, prepare_data, resolve_device
+from suite.runner import check_writable_dir, cpu_model, plan_run, prepare_data, resolve_device
 from suite.train import train
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -866,7 +865,7 @@ def main() -> None:
             tmp.cleanup()
 
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-             f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 thread, "
+             f"CPU ({cpu_model()}, {os.cpu_count()} cores, 1 thread, "
              f"load {os.getloadavg()[0]:.1f})")
     assumptions = [
         ("hours = seconds per step x the recipe's steps per run (epochs x ceil(training examples / batch)) x runs "

@@ -352,9 +352,6 @@ def _cost_ratio(row: Row, baselines: dict[tuple[str, str], float]) -> float | No
     bases = {d: baselines.get((row.train_key, d)) for d in row.step_times}
     if not all(bases.values()):
         return None
-    if len(bases) == 1:
-        (base,) = bases.values()
-        return row.step_time / base
     return statistics.fmean(t / bases[d] for d, ts in row.step_times.items() for t in ts)
 
 
@@ -831,8 +828,9 @@ def _protocol(rows: list[Row], metric: str, failed: int) -> str:
     parts.append(f"hardware: {'; '.join(devices)}")
     parts.append(STATISTICS)
     parts.append("cost = measured training time per step relative to ST with the same training settings on the "
-                 "same hardware (as recorded; – where ST was not timed there), on a shared machine (other jobs ran beside these runs, so ratios are indicative); passes/step = "
-                 "declared forward-backward passes per step")
+                 "same hardware (as recorded; – where ST was not timed there), on a shared machine (other jobs ran "
+                 "beside these runs, so ratios are indicative); passes/step = declared forward-backward passes per "
+                 "step")
     if failed:
         parts.append(f"{failed} failed run(s) recorded, not shown")
     return "; ".join(parts) + "."
