@@ -193,8 +193,6 @@ class Row:
         for r in self.records:
             if t := _time_per_step(r):
                 self.step_times[r.get("cost", {}).get("device", "?")].append(t)
-        steps = [t for ts in self.step_times.values() for t in ts]
-        self.step_time = statistics.fmean(steps) if steps else None
         self.train_key = _train_key(first)
         self.collapsed: str | None = None
         self.headline: list[str] = [WORST]
